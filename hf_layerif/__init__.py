@@ -1,0 +1,47 @@
+"""hf-layerif: per-block influence (LayerIF) for Hugging Face models.
+
+Importing the package is cheap: the public names below load their modules on first use.
+
+Sign convention (Koh & Liang): an influence value I_l(z) < 0 means that up-weighting the training sample z
+lowers the validation loss through block l (a beneficial sample); I_l(z) > 0 means it raises it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "InfluenceArguments": "hf_layerif.influence.arguments",
+    "LayerInfluenceScores": "hf_layerif.influence.scores",
+    "compute_layer_influence": "hf_layerif.influence.api",
+    "find_transformer_blocks": "hf_layerif.models.blocks",
+    "TransformerBlocks": "hf_layerif.models.blocks",
+    "LayerInfluenceTrainer": "hf_layerif.trainer",
+    "get_estimator": "hf_layerif.influence.estimators",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .influence.api import compute_layer_influence
+    from .influence.arguments import InfluenceArguments
+    from .influence.estimators import get_estimator
+    from .influence.scores import LayerInfluenceScores
+    from .models.blocks import TransformerBlocks, find_transformer_blocks
+    from .trainer import LayerInfluenceTrainer
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_layerif' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

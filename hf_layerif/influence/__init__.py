@@ -1,0 +1,1 @@
+"""The per-block influence engine: gradient capture, Gram statistics, estimators, scores."""

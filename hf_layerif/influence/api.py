@@ -1,0 +1,178 @@
+"""``compute_layer_influence``: the one-call entry point of the influence engine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..data import InfluenceCollator, prepare_examples, validate_examples
+from ..utils.logging import get_logger
+from .arguments import InfluenceArguments
+from .engine import CHECKPOINT_DIRNAME, InfluenceEngine, fingerprint_examples, lora_is_fresh, reinitialize_lora_a
+from .scores import LayerInfluenceScores, aggregate_block_scores
+
+logger = get_logger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"hf_layerif": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def model_provenance(model: nn.Module) -> dict[str, Any]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    info: dict[str, Any] = {"class": type(base).__name__}
+    if config is not None:
+        info["model_id"] = getattr(config, "_name_or_path", "") or ""
+        info["revision"] = getattr(config, "_commit_hash", None)
+        info["architectures"] = getattr(config, "architectures", None)
+        info["model_type"] = getattr(config, "model_type", None)
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict):
+        info["adapters"] = {name: cfg.to_dict() for name, cfg in peft_config.items()}
+        for cfg in info["adapters"].values():
+            for key, value in list(cfg.items()):
+                if isinstance(value, set):
+                    cfg[key] = sorted(value)
+    return info
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v) for v in (sorted(value) if isinstance(value, set) else value)]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings()
+    return getattr(embeddings, "num_embeddings", None)
+
+
+def compute_layer_influence(
+    model: nn.Module,
+    train_dataset,
+    eval_dataset,
+    *,
+    tokenizer=None,
+    args: InfluenceArguments | None = None,
+    output_dir: str | os.PathLike | None = None,
+    accelerator=None,
+    cache_dir: str | os.PathLike | None = None,
+    text_column: str | None = None,
+    progress: bool = True,
+    **options,
+) -> LayerInfluenceScores:
+    """Per-block influence of each training sample on the mean validation loss (LayerIF, SPEC §1–3, §9–10).
+
+    Args:
+        model: a causal LM (``PreTrainedModel``) or a ``PeftModel`` with a LoRA adapter (``target="lora"``).
+        train_dataset, eval_dataset: tokenized datasets (``input_ids`` [+ ``labels``]), text datasets (with
+            ``tokenizer``), instruction datasets, or lists of strings. Order is preserved: column i of the result
+            is training sample i.
+        tokenizer: the model's tokenizer (needed for text; its pad id is used for padding).
+        args: :class:`InfluenceArguments`; keyword ``options`` override its fields (``estimator="exact"``, ...).
+        output_dir: when given, results are saved there (``save_pretrained``) and the run checkpoints into
+            ``output_dir/influence_checkpoint`` so that re-running the same call resumes.
+        accelerator: an ``accelerate.Accelerator`` to shard the samples over processes (scores are identical).
+        cache_dir: where per-sample gradients spill when they exceed ``gradient_memory_gb`` and no
+            ``output_dir`` is given (default: the system's temporary folder).
+
+    Returns:
+        :class:`LayerInfluenceScores` with ``influence`` [num_blocks, num_train] float32 in the Koh & Liang sign
+        convention (negative = the sample lowers the validation loss through that block).
+    """
+    args = (args or InfluenceArguments()).replace(**options) if options else (args or InfluenceArguments())
+    train = prepare_examples(train_dataset, tokenizer, args.max_length, text_column, name="train_dataset")
+    evals = prepare_examples(eval_dataset, tokenizer, args.max_length, text_column, name="eval_dataset")
+    vocab = _vocab_size(model)
+    validate_examples(train, vocab, "train_dataset")
+    validate_examples(evals, vocab, "eval_dataset")
+    engine = InfluenceEngine(model, args, accelerator=accelerator, progress=progress)
+    if args.repeats > 1 and not lora_is_fresh(engine.tracked):
+        raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
+                         "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
+    pad_id = 0
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        pad_id = tokenizer.pad_token_id
+    collator = InfluenceCollator(pad_id)
+
+    def loader(examples):
+        dl = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collator)
+        return accelerator.prepare_data_loader(dl) if accelerator is not None else dl
+
+    checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
+    data_fp = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
+               "num_train": len(train), "num_validation": len(evals)}
+    resume_key = None
+    if checkpoint_dir is not None:
+        resume_key = {"arguments": args.gradient_fingerprint(), "data": data_fp,
+                      "model": model_provenance(model).get("model_id", ""),
+                      "blocks": engine.blocks.names, "dims": engine.dims_per_block,
+                      "processes": 1 if accelerator is None else accelerator.num_processes}
+        resume_key = _json_safe(resume_key)
+    started = time.time()
+    influence, damping, est_settings, losses = engine.run(loader(train), loader(evals), len(train), len(evals),
+                                                          checkpoint_dir, resume_key, cache_dir)
+    repeat_scores = None
+    if args.repeats > 1:
+        originals = [m.module.weight.detach().clone() for ms in engine.tracked for m in ms if ".lora_A." in m.name]
+        rows = [aggregate_block_scores(influence, args.aggregation, args.fraction)]
+        try:
+            for r in range(1, args.repeats):
+                reinitialize_lora_a(engine.tracked, args.seed + r)
+                inf_r, _, _, _ = engine.run(loader(train), loader(evals), len(train), len(evals), None, None, cache_dir)
+                rows.append(aggregate_block_scores(inf_r, args.aggregation, args.fraction))
+        finally:
+            a_modules = [m for ms in engine.tracked for m in ms if ".lora_A." in m.name]
+            with torch.no_grad():
+                for module, weight in zip(a_modules, originals):
+                    module.module.weight.copy_(weight)
+        repeat_scores = torch.stack(rows)
+    provenance = {
+        "model": model_provenance(model),
+        "data": data_fp,
+        "blocks": {"names": engine.blocks.names, "source": engine.blocks.source, "class": engine.blocks.block_class,
+                   "pattern": engine.blocks.name_pattern(), "tracked_dims": engine.dims_per_block,
+                   "tracked_modules": [[m.name for m in ms] for ms in engine.tracked]},
+        "versions": library_versions(),
+        "num_processes": 1 if accelerator is None else accelerator.num_processes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+    }
+    scores = LayerInfluenceScores(
+        influence=influence.to(torch.float32),
+        block_names=list(engine.blocks.names),
+        damping=damping,
+        group_to_block=engine.layout.group_to_block().tolist(),
+        arguments=_json_safe(args.to_dict()),
+        estimator=_json_safe(est_settings),
+        provenance=_json_safe(provenance),
+        train_losses=losses.to(torch.float32),
+        repeat_block_scores=repeat_scores,
+    )
+    scores.warn_if_unstable()
+    if output_dir is not None:
+        if accelerator is None or accelerator.is_main_process:
+            scores.save_pretrained(output_dir)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if checkpoint_dir is not None:
+            engine.cleanup_checkpoint(checkpoint_dir)
+    return scores

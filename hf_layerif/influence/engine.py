@@ -1,0 +1,286 @@
+"""The influence run: one validation pass for v_l, one training pass for the Gram statistics, estimators.
+
+:class:`InfluenceEngine` works on any iterables of collated batches, so the same code serves
+:func:`hf_layerif.compute_layer_influence` (its own sequential loaders) and
+:class:`hf_layerif.LayerInfluenceTrainer` (the Trainer's prepared, per-process sharded loaders). With an
+``accelerate.Accelerator``, per-sample gradients of each step are gathered from all processes in dataset order
+(``gather_for_metrics``), so every process holds the same Gram statistics and the scores equal a
+one-process run.
+
+Memory, per block l with d_l tracked parameters (or projected dimensions), n training samples, G groups:
+one batch of per-sample gradients (batch_size × Σ_l d_l), the gradient window (≤ ``gradient_memory_gb`` on the
+compute device; the rest spills to disk), and K on the CPU (G × n² values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.blocks import TransformerBlocks, find_transformer_blocks, model_dtype, tracked_modules
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.logging import get_logger
+from .arguments import InfluenceArguments
+from .capture import KroneckerProjector, PerSampleGradientCapture
+from .estimators import estimate_influence
+from .gram import GramAccumulator, GroupLayout
+
+logger = get_logger(__name__)
+
+CHECKPOINT_DIRNAME = "influence_checkpoint"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def fingerprint_examples(examples: Iterable) -> str:
+    """sha256 (16 hex digits) of the token ids/labels of a list of examples, or a datasets fingerprint."""
+    fp = getattr(examples, "_fingerprint", None)
+    if fp:
+        return str(fp)
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps({k: list(v) for k, v in sorted(example.items())}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+class InfluenceEngine:
+    """Per-block influence of training samples on the mean validation loss (SPEC §1–3).
+
+    Args:
+        model: a ``PreTrainedModel`` or ``PeftModel`` (dispatched / offloaded models are fine).
+        args: :class:`InfluenceArguments`.
+        accelerator: optional ``accelerate.Accelerator`` whose loaders are sharded per process.
+        autocast: optional context-manager factory wrapped around each forward (the Trainer's precision).
+        progress: show tqdm progress bars (main process only).
+    """
+
+    def __init__(self, model: nn.Module, args: InfluenceArguments, accelerator=None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, progress: bool = True):
+        self.model = model
+        self.args = args
+        self.accelerator = accelerator
+        self.autocast = autocast or contextlib.nullcontext
+        self.is_main = accelerator is None or accelerator.is_main_process
+        self.progress = progress and self.is_main
+        self.blocks: TransformerBlocks = find_transformer_blocks(model, args.block_pattern)
+        self.tracked = tracked_modules(self.blocks, args.target, args.adapter_name)
+        base_dtype = model_dtype(model)
+        if args.gradient_dtype == "auto":
+            self.compute_dtype = torch.float64 if base_dtype == torch.float64 else torch.float32
+            self.store_dtype = self.compute_dtype
+        else:
+            self.store_dtype = _DTYPES[args.gradient_dtype]
+            self.compute_dtype = torch.float64 if self.store_dtype == torch.float64 else torch.float32
+        projector = KroneckerProjector(args.projection_dim, args.projection_seed) if args.projection_dim else None
+        self.capture = PerSampleGradientCapture(model, self.tracked, self.compute_dtype, projector)
+        self.layout = GroupLayout(self.capture.block_bounds(args.granularity))
+
+    # --- sizes and checks ---------------------------------------------------------------------------------
+    @property
+    def dims_per_block(self) -> list[int]:
+        return self.layout.block_dims()
+
+    def memory_plan(self, num_train: int) -> dict[str, float]:
+        """Bytes of the per-batch gradients, of all stored gradients and of K (checked before any work)."""
+        total_dim = sum(self.dims_per_block)
+        store = torch.empty(0, dtype=self.store_dtype).element_size()
+        procs = 1 if self.accelerator is None else self.accelerator.num_processes
+        return {
+            "batch_gradients": self.args.batch_size * procs * total_dim * 4.0,
+            "stored_gradients": num_train * total_dim * float(store),
+            "gram": self.layout.num_groups * num_train**2 * float(torch.empty(0, dtype=self.compute_dtype).element_size()),
+        }
+
+    def check_memory(self, num_train: int) -> dict[str, float]:
+        plan = self.memory_plan(num_train)
+        budget = self.args.gradient_memory_gb * 2**30
+        if plan["batch_gradients"] > budget:
+            raise MemoryError(
+                f"One batch of per-sample gradients needs {plan['batch_gradients'] / 2**30:.2f} GB, more than "
+                f"gradient_memory_gb={self.args.gradient_memory_gb}. Lower batch_size"
+                + (", or set projection_dim= (e.g. 64) for target='full'." if self.args.target == "full" else ".")
+            )
+        return plan
+
+    def _gather(self, tensors):
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return tensors
+        return self.accelerator.gather_for_metrics(tensors)
+
+    def _to_device(self, batch: dict) -> dict:
+        device = _input_device(self.model) if self.accelerator is None else self.accelerator.device
+        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _batch_grads(self, batch: dict, offset: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        labels = batch.get("labels")
+        if labels is not None and labels.dim() == 2:
+            counts = (labels[:, 1:] != -100).sum(1)
+            if bool((counts == 0).any()):
+                bad = [offset + int(i) for i in torch.nonzero(counts == 0).flatten()]
+                raise ValueError(f"training/validation samples {bad} have no label tokens after the next-token shift; drop them or label at least one token after the first.")
+        with self.autocast():
+            grads, losses = self.capture.compute(self._to_device(batch))
+        device = grads[0].device
+        grads = [g.to(device) for g in grads]
+        grads, losses = self._gather((grads, losses.to(device)))
+        for l, g in enumerate(grads):
+            if not bool(torch.isfinite(g).all()):
+                rows = torch.nonzero(~torch.isfinite(g).all(dim=1)).flatten().tolist()
+                raise FloatingPointError(
+                    f"Non-finite per-sample gradients in block {self.blocks.names[l]} for samples "
+                    f"{[offset + r for r in rows][:10]}. Check those samples and the model (fp16 overflow? use "
+                    "bf16/fp32), or lower the learning rate that produced the weights."
+                )
+        return grads, losses
+
+    # --- passes ---------------------------------------------------------------------------------------------
+    def mean_gradient(self, loader: Iterable[dict], num_samples: int) -> list[torch.Tensor]:
+        """v_l = (1/m) Σ_k ∇_{θ_l} ℓ(v_k): mean validation gradient of each block, [d_l] each."""
+        sums: list[torch.Tensor] | None = None
+        seen = 0
+        with self.capture:
+            for batch in tqdm(loader, desc="validation gradients", disable=not self.progress, leave=False):
+                grads, _ = self._batch_grads(batch, seen)
+                seen += grads[0].shape[0]
+                block_sums = [g.sum(0) for g in grads]
+                sums = block_sums if sums is None else [s + b for s, b in zip(sums, block_sums)]
+        if sums is None or seen == 0:
+            raise ValueError("the validation dataset is empty.")
+        if seen != num_samples:
+            raise RuntimeError(f"expected {num_samples} validation samples, the loader gave {seen}")
+        return [s / seen for s in sums]
+
+    def gram_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
+                        spill_dir: Path | None = None, resume_key: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """a [groups, n], K [groups, n, n] and per-sample losses [n] over the training loader.
+
+        With ``spill_dir`` and ``resume_key``, the state is saved every ``checkpoint_every`` steps and at the
+        end of the pass; a later call with the same key resumes after the last saved step.
+        """
+        budget = int(self.args.gradient_memory_gb * 2**30)
+        acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype)
+        losses = torch.zeros(num_samples, dtype=torch.float64)
+        steps_done = 0
+        if spill_dir is not None and resume_key is not None:
+            if acc.try_resume(resume_key):
+                extra = read_json(spill_dir / "progress.json")
+                steps_done = int(extra["steps_done"])
+                losses = read_safetensors(spill_dir / "losses.safetensors")["losses"]
+        every = self.args.checkpoint_every
+        with self.capture:
+            bar = tqdm(loader, desc="training gradients", disable=not self.progress, leave=False)
+            for step, batch in enumerate(bar):
+                if step < steps_done:
+                    continue
+                start = acc.rows_done
+                grads, batch_losses = self._batch_grads(batch, start)
+                acc.add(grads)
+                losses[start:start + batch_losses.shape[0]] = batch_losses.to("cpu", torch.float64)
+                steps_done = step + 1
+                if resume_key is not None and every and steps_done % every == 0 and acc.rows_done < num_samples:
+                    self._save_progress(acc, resume_key, steps_done, losses)
+        if resume_key is not None and spill_dir is not None and every:
+            # the pass is complete: keep it, so that a failure in a later step loses nothing
+            self._save_progress(acc, resume_key, steps_done, losses)
+        a, K = acc.finalize()
+        self._accumulator = acc
+        return a, K, losses
+
+    def _save_progress(self, acc: GramAccumulator, key: dict, steps_done: int, losses: torch.Tensor) -> None:
+        acc.save_state(key)
+        write_safetensors(acc.spill_dir / "losses.safetensors", {"losses": losses})
+        write_json(acc.spill_dir / "progress.json", {"steps_done": steps_done})
+
+    def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
+        return estimate_influence(a, K, self.layout.dims(), self.args, self.layout.group_to_block(), len(self.blocks))
+
+    def run(self, train_loader: Iterable[dict], eval_loader: Iterable[dict], num_train: int, num_eval: int,
+            checkpoint_dir: str | os.PathLike | None = None, resume_key: dict | None = None,
+            cache_dir: str | os.PathLike | None = None):
+        """Both passes and the estimator. Returns (influence [L, n] float64, damping, estimator settings, losses)."""
+        plan = self.check_memory(num_train)
+        budget = self.args.gradient_memory_gb * 2**30
+        spill_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if spill_dir is not None and self.accelerator is not None and self.accelerator.num_processes > 1:
+            # every process holds the same statistics and keeps its own spill files and state
+            spill_dir = spill_dir / f"rank{self.accelerator.process_index}"
+        temp = None
+        if spill_dir is None and plan["stored_gradients"] > budget:
+            temp = tempfile.TemporaryDirectory(prefix="layerif-gradients-", dir=cache_dir)
+            spill_dir = Path(temp.name)
+            logger.info("Per-sample gradients (%.2f GB) exceed gradient_memory_gb; spilling to %s.",
+                        plan["stored_gradients"] / 2**30, spill_dir)
+        try:
+            v = None
+            if spill_dir is not None and resume_key is not None and (spill_dir / "validation.json").exists():
+                meta = read_json(spill_dir / "validation.json")
+                if meta.get("key") == resume_key:
+                    saved = read_safetensors(spill_dir / "validation_gradients.safetensors")
+                    v = [saved[f"block_{l}"] for l in range(len(self.blocks))]
+            if v is None:
+                v = self.mean_gradient(eval_loader, num_eval)
+                if spill_dir is not None and resume_key is not None:
+                    write_safetensors(spill_dir / "validation_gradients.safetensors", {f"block_{l}": t for l, t in enumerate(v)})
+                    write_json(spill_dir / "validation.json", {"key": resume_key})
+            device = v[0].device
+            v = [t.to(device) for t in v]
+            a, K, losses = self.gram_statistics(train_loader, num_train, v, spill_dir, resume_key)
+            influence, damping, settings = self.estimate(a, K)
+        finally:
+            if temp is not None:
+                temp.cleanup()
+        return influence, damping, settings, losses
+
+    def cleanup_checkpoint(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Remove this process's checkpoint files (gradients, state) after the final result was saved."""
+        acc = getattr(self, "_accumulator", None)
+        if acc is None or acc.spill_dir is None:
+            return
+        path = acc.spill_dir
+        for name in ("validation_gradients.safetensors", "validation.json", "losses.safetensors", "progress.json"):
+            (path / name).unlink(missing_ok=True)
+        acc.cleanup()
+        with contextlib.suppress(OSError):
+            Path(checkpoint_dir).rmdir()
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where input ids should go: the input embeddings' execution device (accelerate hook) or weight device."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    for candidate in ([hook] + list(getattr(hook, "hooks", []))) if hook is not None else []:
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    device = embeddings.weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def reinitialize_lora_a(tracked, seed: int) -> None:
+    """Re-draw the A matrices of the tracked LoRA layers (PEFT's default Kaiming-uniform, a = √5) from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    for modules in tracked:
+        for module in modules:
+            if ".lora_A." in module.name:
+                weight = module.module.weight
+                fresh = torch.empty(weight.shape, dtype=torch.float32)
+                nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
+                with torch.no_grad():
+                    weight.copy_(fresh.to(weight.dtype))
+
+
+def lora_is_fresh(tracked) -> bool:
+    """True when every tracked LoRA B matrix is zero (an untrained adapter)."""
+    return all(
+        not bool(m.module.weight.detach().any()) for modules in tracked for m in modules if ".lora_B." in m.name
+    )

@@ -1,0 +1,214 @@
+"""Chunked accumulation of the Gram statistics a = G v and K = G Gᵀ, with bounded memory and resume.
+
+Per-sample gradients arrive one batch ("chunk") at a time, as one [c, d_l] matrix per block. A chunk's rows
+of K are formed against every chunk seen so far. Chunks stay on the compute device in a *window* of at most
+``memory_budget_bytes``; a full window is written to ``spill_dir`` as one safetensors file after its cross
+products with every older window were formed (each older window is read back once per new window, so disk
+traffic is O(n² / window) rather than O(n²)). With ``spill_dir=None`` everything must fit the budget.
+
+``a`` and ``K`` are kept on the CPU, per parameter group (a block, or one tensor of a block); K is
+[groups, n, n] in the gradients' compute dtype (float32, or float64 for float64 gradients).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+STATE_FILE = "gram_state.safetensors"
+STATE_META = "gram_state.json"
+
+
+@dataclass
+class GroupLayout:
+    """Column ranges of the parameter groups inside each block's flattened gradient.
+
+    ``bounds[l]`` lists offsets [0, o_1, ..., d_l]; group j of block l is columns bounds[l][j]:bounds[l][j+1].
+    """
+
+    bounds: list[list[int]]
+
+    @property
+    def num_groups(self) -> int:
+        return sum(len(b) - 1 for b in self.bounds)
+
+    def group_to_block(self) -> torch.Tensor:
+        return torch.tensor([l for l, b in enumerate(self.bounds) for _ in range(len(b) - 1)], dtype=torch.long)
+
+    def dims(self) -> torch.Tensor:
+        return torch.tensor([b[j + 1] - b[j] for b in self.bounds for j in range(len(b) - 1)], dtype=torch.long)
+
+    def block_dims(self) -> list[int]:
+        return [b[-1] for b in self.bounds]
+
+
+@dataclass
+class _Window:
+    starts: list[int] = field(default_factory=list)
+    chunks: list[list[torch.Tensor]] = field(default_factory=list)  # chunks[k][l]: [c_k, d_l]
+    nbytes: int = 0
+
+    def rows(self) -> int:
+        return sum(chunk[0].shape[0] for chunk in self.chunks)
+
+
+class GramAccumulator:
+    """Accumulates a = G v and K = G Gᵀ per group over chunks of per-sample gradients.
+
+    Args:
+        layout: group column ranges per block.
+        validation_gradients: v per block, [d_l] each (the mean validation gradient).
+        num_samples: n, the number of training samples that will be added.
+        compute_dtype: dtype of the products (float32 or float64).
+        memory_budget_bytes: device memory for the in-memory window of stored gradients.
+        spill_dir: folder for spilled windows (needed when the gradients exceed the budget, and for resume).
+        store_dtype: dtype of stored gradients (bfloat16 halves memory and disk at a small precision cost).
+    """
+
+    def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
+                 compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
+                 store_dtype: torch.dtype | None = None):
+        self.layout = layout
+        self.v = validation_gradients
+        self.n = num_samples
+        self.compute_dtype = compute_dtype
+        self.store_dtype = store_dtype or compute_dtype
+        self.budget = int(memory_budget_bytes)
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        G = layout.num_groups
+        self.a = torch.zeros(G, num_samples, dtype=compute_dtype)
+        self.K = torch.zeros(G, num_samples, num_samples, dtype=compute_dtype)
+        self.rows_done = 0
+        self.spilled: list[dict] = []  # {"file": name, "start": int, "rows": int}
+        self.window = _Window()
+        self._group_offsets = []
+        offset = 0
+        for bounds in layout.bounds:
+            self._group_offsets.append(offset)
+            offset += len(bounds) - 1
+
+    # --- products -------------------------------------------------------------------------------------
+    def _gram_blocks(self, left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
+        """[groups, rows(left), rows(right)] products per group."""
+        out = []
+        for l, bounds in enumerate(self.layout.bounds):
+            L = left[l].to(self.compute_dtype)
+            R = right[l].to(self.compute_dtype) if right[l] is not left[l] else L
+            for j in range(len(bounds) - 1):
+                lo, hi = bounds[j], bounds[j + 1]
+                out.append(L[:, lo:hi] @ R[:, lo:hi].T)
+        return torch.stack(out).to("cpu")
+
+    def _place(self, block: torch.Tensor, r0: int, c0: int) -> None:
+        r1, c1 = r0 + block.shape[1], c0 + block.shape[2]
+        self.K[:, r0:r1, c0:c1] = block
+        if r0 != c0:
+            self.K[:, c0:c1, r0:r1] = block.transpose(1, 2)
+
+    # --- public ---------------------------------------------------------------------------------------
+    def add(self, grads: list[torch.Tensor]) -> None:
+        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order."""
+        c = grads[0].shape[0]
+        if self.rows_done + c > self.n:
+            raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
+        start = self.rows_done
+        stored = [g.detach().to(self.store_dtype) for g in grads]
+        compute = [g.to(self.compute_dtype) for g in stored] if self.store_dtype != self.compute_dtype else stored
+        for l, bounds in enumerate(self.layout.bounds):
+            proj = compute[l] * self.v[l].to(compute[l].device, self.compute_dtype)
+            for j in range(len(bounds) - 1):
+                self.a[self._group_offsets[l] + j, start:start + c] = proj[:, bounds[j]:bounds[j + 1]].sum(1).to("cpu")
+        self._place(self._gram_blocks(compute, compute), start, start)
+        for k, other_start in enumerate(self.window.starts):
+            self._place(self._gram_blocks(compute, self.window.chunks[k]), start, other_start)
+        self.window.starts.append(start)
+        self.window.chunks.append(stored)
+        self.window.nbytes += sum(t.numel() * t.element_size() for t in stored)
+        self.rows_done += c
+        if self.window.nbytes >= self.budget and self.rows_done < self.n:
+            if self.spill_dir is None:
+                raise MemoryError(
+                    f"Per-sample gradients exceed gradient_memory_gb ({self.budget / 2**30:.2f} GB) and no folder "
+                    "to spill them to was given. Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
+                    "gradient_dtype='bfloat16', or use projection_dim= with target='full'."
+                )
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the in-memory window to ``spill_dir`` (after forming its products with older windows)."""
+        if not self.window.chunks:
+            return
+        if self.spill_dir is None:
+            raise RuntimeError("flush() needs a spill_dir")
+        merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
+        start = self.window.starts[0]
+        for entry in self.spilled:
+            older = self._load_window(entry, merged[0].device)
+            self._place(self._gram_blocks(merged, older), start, entry["start"])
+            del older
+        name = f"gradients_{start:09d}.safetensors"
+        write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
+        self.spilled.append({"file": name, "start": start, "rows": merged[0].shape[0]})
+        self.window = _Window()
+
+    def _load_window(self, entry: dict, device) -> list[torch.Tensor]:
+        tensors = read_safetensors(self.spill_dir / entry["file"], device=device)
+        return [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
+
+    def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Complete the cross products of the last window with spilled ones; return (a, K)."""
+        if self.rows_done != self.n:
+            raise ValueError(f"only {self.rows_done} of {self.n} samples were added")
+        if self.spilled and self.window.chunks:
+            merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
+            start = self.window.starts[0]
+            for entry in self.spilled:
+                older = self._load_window(entry, merged[0].device)
+                self._place(self._gram_blocks(merged, older), start, entry["start"])
+            self.window = _Window()
+        return self.a, self.K
+
+    # --- checkpointing --------------------------------------------------------------------------------
+    def save_state(self, fingerprint: dict) -> None:
+        """Flush the window and save a, K and the progress (atomically) so a later run can resume."""
+        self.flush()
+        write_safetensors(self.spill_dir / STATE_FILE, {"a": self.a, "K": self.K})
+        write_json(self.spill_dir / STATE_META, {"rows_done": self.rows_done, "num_samples": self.n,
+                                                  "spilled": self.spilled, "fingerprint": fingerprint})
+
+    def try_resume(self, fingerprint: dict) -> int:
+        """Load a saved state if it matches ``fingerprint``; return the number of samples already done."""
+        if self.spill_dir is None or not (self.spill_dir / STATE_META).exists():
+            return 0
+        meta = read_json(self.spill_dir / STATE_META)
+        if meta.get("fingerprint") != fingerprint or meta.get("num_samples") != self.n:
+            logger.warning("Ignoring the checkpoint in %s: it was made with other data or settings.", self.spill_dir)
+            return 0
+        state = read_safetensors(self.spill_dir / STATE_FILE)
+        self.a.copy_(state["a"])
+        self.K.copy_(state["K"])
+        self.rows_done = int(meta["rows_done"])
+        self.spilled = list(meta["spilled"])
+        logger.info("Resuming influence accumulation at sample %d of %d.", self.rows_done, self.n)
+        return self.rows_done
+
+    def cleanup(self) -> None:
+        """Delete spilled gradients and the state (after the final result was written)."""
+        if self.spill_dir is None:
+            return
+        for entry in self.spilled:
+            (self.spill_dir / entry["file"]).unlink(missing_ok=True)
+        for name in (STATE_FILE, STATE_META):
+            (self.spill_dir / name).unlink(missing_ok=True)
+        try:
+            self.spill_dir.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,279 @@
+"""``LayerInfluenceScores``: the per-block influence matrix, block scores, stability and provenance.
+
+Sign convention (Koh & Liang), stated in every file written: I_l(z_i) < 0 means up-weighting training sample
+z_i lowers the validation loss through block l (beneficial); I_l(z_i) > 0 means it raises it (detrimental).
+Block scores q_l are non-negative magnitudes of beneficial influence by default (SPEC §3); a larger q_l
+means the block is more sensitive to the task's data, i.e. less well trained for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.logging import get_logger
+from .stability import UNSTABLE_SPEARMAN, bootstrap_block_scores, summarize_block_score_samples
+
+logger = get_logger(__name__)
+
+AGGREGATIONS = ("positive", "all", "top_fraction", "harmful")
+SCORES_FORMAT = "hf-layerif-scores"
+SCORES_FORMAT_VERSION = "1.0"
+SCORES_JSON = "layerif_scores.json"
+INFLUENCE_FILE = "influence.safetensors"
+SIGN_CONVENTION = (
+    "Koh & Liang: influence I_l(z) = -v_l^T H_l^{-1} g_l(z). I < 0: up-weighting training sample z lowers the "
+    "validation loss through block l (beneficial); I > 0: it raises it (detrimental). Block scores are "
+    "non-negative magnitudes: 'positive' = sum of max(-I, 0) (beneficial mass, the default)."
+)
+
+
+def aggregate_block_scores(influence: torch.Tensor, aggregation: str = "positive", fraction: float = 0.25) -> torch.Tensor:
+    """Block scores q_l from influences [..., L, n] (SPEC §3); returns [..., L] float64.
+
+    - ``positive``: Σ_i max(−I_l(z_i), 0)  (LayerIF(+ve), default)
+    - ``all``: −Σ_i I_l(z_i)  (may be negative)
+    - ``top_fraction``: Σ of −I_l over the ⌈fraction·n⌉ samples with the most negative I_l
+    - ``harmful``: Σ_i max(I_l(z_i), 0)  (the paper's literal §3.2 formula, for ablation)
+    """
+    values = influence.to(torch.float64)
+    if aggregation == "positive":
+        return (-values).clamp_min(0).sum(-1)
+    if aggregation == "all":
+        return -values.sum(-1)
+    if aggregation == "top_fraction":
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        k = max(1, math.ceil(fraction * values.shape[-1]))
+        return torch.topk(-values, k, dim=-1).values.sum(-1)
+    if aggregation == "harmful":
+        return values.clamp_min(0).sum(-1)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+@dataclass
+class LayerInfluenceScores:
+    """Result of :func:`hf_layerif.compute_layer_influence`.
+
+    Attributes:
+        influence: [num_blocks, num_train] float32 influence matrix (Koh & Liang sign, see module docstring).
+        block_names: normalised block names, e.g. ``model.layers.0``.
+        damping: damping λ of each parameter group (one per block for ``granularity="block"``), float64.
+        group_to_block: block index of each damping entry.
+        arguments: the :class:`~hf_layerif.InfluenceArguments` used, as a dict.
+        estimator: the estimator's name and settings.
+        provenance: model id / revision / architecture, dataset fingerprints, library versions, time.
+        train_losses: [num_train] per-sample training losses at the scored parameters.
+        repeat_block_scores: [repeats, num_blocks] block scores of repeated adapter initialisations (or None).
+    """
+
+    influence: torch.Tensor
+    block_names: list[str]
+    damping: torch.Tensor
+    group_to_block: list[int]
+    arguments: dict[str, Any]
+    estimator: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    train_losses: torch.Tensor | None = None
+    repeat_block_scores: torch.Tensor | None = None
+    _stability: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.influence.dim() != 2 or self.influence.shape[0] != len(self.block_names):
+            raise ValueError(f"influence must be [num_blocks={len(self.block_names)}, num_train], got {tuple(self.influence.shape)}")
+        self.influence = self.influence.to(torch.float32)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.influence.shape[0]
+
+    @property
+    def num_train(self) -> int:
+        return self.influence.shape[1]
+
+    def block_damping(self) -> list[float] | list[list[float]]:
+        """λ per block (block granularity) or the list of per-tensor λ of each block (tensor granularity)."""
+        per_block: list[list[float]] = [[] for _ in range(self.num_blocks)]
+        for lam, block in zip(self.damping.tolist(), self.group_to_block):
+            per_block[block].append(lam)
+        return [v[0] for v in per_block] if all(len(v) == 1 for v in per_block) else per_block
+
+    def block_scores(self, aggregation: str | None = None, fraction: float | None = None) -> torch.Tensor:
+        """Block scores q [num_blocks] float64 (SPEC §3; default aggregation from the run's arguments)."""
+        aggregation = aggregation or self.arguments.get("aggregation", "positive")
+        fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
+        return aggregate_block_scores(self.influence, aggregation, fraction)
+
+    def ranking(self, aggregation: str | None = None) -> list[int]:
+        """Block indices from the highest to the lowest score."""
+        scores = self.block_scores(aggregation)
+        return sorted(range(self.num_blocks), key=lambda i: (-float(scores[i]), i))
+
+    # --- stability -----------------------------------------------------------------------------------
+    def stability(self, num_resamples: int | None = None, aggregation: str | None = None, seed: int | None = None) -> dict:
+        """Bootstrap over training samples of the block scores (SPEC §9), cached for the default settings.
+
+        Returns a dict with per-block ``mean``, ``std``, ``p05``, ``p95``, Spearman of resampled rankings to the
+        full-data ranking (``spearman_to_full_mean`` / ``_p05``), ``pairwise_spearman_mean``, ``stable``, and
+        when repeats were run, the same statistics over adapter initialisations under ``repeats``.
+        """
+        default = num_resamples is None and aggregation is None and seed is None
+        if default and self._stability is not None:
+            return self._stability
+        aggregation = aggregation or self.arguments.get("aggregation", "positive")
+        fraction = self.arguments.get("fraction", 0.25)
+        num_resamples = self.arguments.get("bootstrap_samples", 200) if num_resamples is None else num_resamples
+        seed = self.arguments.get("seed", 0) if seed is None else seed
+        reference = self.block_scores(aggregation).numpy()
+        result: dict[str, Any] = {"aggregation": aggregation}
+        if num_resamples > 0 and self.num_train > 1:
+            samples = bootstrap_block_scores(self.influence, lambda x: aggregate_block_scores(x, aggregation, fraction),
+                                             num_resamples, seed)
+            result["bootstrap"] = summarize_block_score_samples(samples, reference)
+        if self.repeat_block_scores is not None and self.repeat_block_scores.shape[0] > 1:
+            result["repeats"] = summarize_block_score_samples(self.repeat_block_scores.numpy().astype(np.float64), reference)
+        if default:
+            self._stability = result
+        return result
+
+    def warn_if_unstable(self) -> bool:
+        """Log a warning when the bootstrap or repeat rankings disagree with the full ranking; return True then."""
+        info = self.stability()
+        unstable = False
+        for key in ("bootstrap", "repeats"):
+            part = info.get(key)
+            if part and not part["stable"]:
+                unstable = True
+                logger.warning(
+                    "The block ranking is unstable under %s (5th percentile Spearman to the full ranking %.2f < %.2f). "
+                    "Score more training samples, or average several adapter initialisations (repeats=) before "
+                    "acting on it.", key, part["spearman_to_full_p05"], UNSTABLE_SPEARMAN)
+        return unstable
+
+    # --- I/O -----------------------------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "format": SCORES_FORMAT,
+            "format_version": SCORES_FORMAT_VERSION,
+            "sign_convention": SIGN_CONVENTION,
+            "block_names": list(self.block_names),
+            "num_blocks": self.num_blocks,
+            "num_train": self.num_train,
+            "arguments": self.arguments,
+            "estimator": self.estimator,
+            "damping": self.damping.tolist(),
+            "group_to_block": list(self.group_to_block),
+            "block_scores": {agg: self.block_scores(agg).tolist() for agg in AGGREGATIONS},
+            "stability": self.stability(),
+            "repeat_block_scores": None if self.repeat_block_scores is None else self.repeat_block_scores.tolist(),
+            "provenance": self.provenance,
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``influence.safetensors`` (influence, damping, losses) and ``layerif_scores.json``, atomically."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"influence": self.influence.contiguous(), "damping": self.damping.to(torch.float64)}
+        if self.train_losses is not None:
+            tensors["train_losses"] = self.train_losses.to(torch.float32)
+        write_safetensors(path / INFLUENCE_FILE, tensors, metadata={"format": SCORES_FORMAT, "sign_convention": SIGN_CONVENTION})
+        write_json(path / SCORES_JSON, self.to_json_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> LayerInfluenceScores:
+        """Load scores saved by :meth:`save_pretrained` (JSON + safetensors only; nothing is unpickled)."""
+        path = Path(directory)
+        meta_path = path / SCORES_JSON
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} not found: pass the folder written by LayerInfluenceScores.save_pretrained().")
+        meta = read_json(meta_path)
+        if meta.get("format") != SCORES_FORMAT:
+            raise ValueError(f"{meta_path} is not an hf-layerif scores file (format={meta.get('format')!r}).")
+        major = str(meta.get("format_version", "0")).split(".")[0]
+        if major != SCORES_FORMAT_VERSION.split(".")[0]:
+            raise ValueError(f"{meta_path} has format_version {meta.get('format_version')}; this version reads {SCORES_FORMAT_VERSION.split('.')[0]}.x. Upgrade hf-layerif.")
+        tensors = read_safetensors(path / INFLUENCE_FILE)
+        repeats = meta.get("repeat_block_scores")
+        return cls(
+            influence=tensors["influence"],
+            block_names=list(meta["block_names"]),
+            damping=tensors["damping"],
+            group_to_block=list(meta["group_to_block"]),
+            arguments=meta.get("arguments", {}),
+            estimator=meta.get("estimator", {}),
+            provenance=meta.get("provenance", {}),
+            train_losses=tensors.get("train_losses"),
+            repeat_block_scores=None if repeats is None else torch.tensor(repeats, dtype=torch.float64),
+            _stability=meta.get("stability"),
+        )
+
+    # --- display -------------------------------------------------------------------------------------
+    def summary_table(self, aggregation: str | None = None) -> str:
+        """A plain-text table: block, score, bootstrap mean ± std, rank, damping."""
+        aggregation = aggregation or self.arguments.get("aggregation", "positive")
+        scores = self.block_scores(aggregation).tolist()
+        ranks = {b: r + 1 for r, b in enumerate(self.ranking(aggregation))}
+        boot = self.stability().get("bootstrap") if aggregation == self.arguments.get("aggregation", "positive") else None
+        damping = self.block_damping()
+        width = max(len("block"), *(len(n) for n in self.block_names))
+        lines = [f"{'block':<{width}}  {'score(' + aggregation + ')':>20}  {'bootstrap mean ± std':>26}  {'rank':>4}  {'damping':>10}"]
+        for i, name in enumerate(self.block_names):
+            boot_txt = f"{boot['mean'][i]:.4g} ± {boot['std'][i]:.2g}" if boot else "-"
+            lam = damping[i]
+            lam_txt = f"{lam:.3g}" if isinstance(lam, float) else f"{len(lam)} tensors"
+            lines.append(f"{name:<{width}}  {scores[i]:>20.6g}  {boot_txt:>26}  {ranks[i]:>4}  {lam_txt:>10}")
+        if boot:
+            lines.append(f"ranking stability: Spearman to full ranking {boot['spearman_to_full_mean']:.3f} (p05 "
+                         f"{boot['spearman_to_full_p05']:.3f}) over {boot['num_samples']} bootstrap resamples"
+                         + ("" if boot["stable"] else "  [UNSTABLE]"))
+        rep = self.stability().get("repeats")
+        if rep:
+            lines.append(f"adapter-initialisation repeats: pairwise Spearman {rep['pairwise_spearman_mean']:.3f} over "
+                         f"{rep['num_samples']} initialisations" + ("" if rep["stable"] else "  [UNSTABLE]"))
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:
+        """Save a PNG: per-block score bars (bootstrap p05–p95 as error bars) and a block × sample heat map."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        aggregation = aggregation or self.arguments.get("aggregation", "positive")
+        scores = self.block_scores(aggregation).numpy()
+        boot = self.stability().get("bootstrap")
+        fig, (ax_bar, ax_map) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.4]})
+        x = np.arange(self.num_blocks)
+        yerr = None
+        if boot and aggregation == self.arguments.get("aggregation", "positive"):
+            yerr = np.stack([np.maximum(scores - np.array(boot["p05"]), 0), np.maximum(np.array(boot["p95"]) - scores, 0)])
+        ax_bar.bar(x, scores, yerr=yerr, color="#4C72B0", capsize=2)
+        ax_bar.set_xlabel("block")
+        ax_bar.set_ylabel(f"block score q ({aggregation})")
+        ax_bar.set_title("LayerIF block scores (higher = more task-sensitive)")
+        step = max(1, self.num_blocks // 16)
+        ax_bar.set_xticks(x[::step])
+        values = self.influence.numpy()
+        bound = float(np.percentile(np.abs(values), 99)) or 1.0
+        image = ax_map.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        ax_map.set_xlabel("training sample")
+        ax_map.set_ylabel("block")
+        ax_map.set_title("influence I_l(z) (blue < 0: beneficial)")
+        fig.colorbar(image, ax=ax_map, fraction=0.046)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,71 @@
+"""Stability of the block ranking (SPEC §9): bootstrap over training samples and Spearman statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+UNSTABLE_SPEARMAN = 0.8
+
+
+def spearman_matrix(rows: np.ndarray) -> np.ndarray:
+    """Pairwise Spearman rank correlation between the rows of ``rows`` [k, L] (average ranks for ties).
+
+    A constant row has undefined correlation; it is reported as 1.0 against another constant row and 0.0
+    otherwise.
+    """
+    ranks = rankdata(rows, axis=1)
+    centered = ranks - ranks.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centered, axis=1)
+    constant = norms == 0
+    safe = np.where(constant, 1.0, norms)
+    corr = (centered @ centered.T) / np.outer(safe, safe)
+    corr[constant[:, None] & constant[None, :]] = 1.0
+    corr[constant[:, None] ^ constant[None, :]] = 0.0
+    return corr
+
+
+def spearman(x, y) -> float:
+    return float(spearman_matrix(np.stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)]))[0, 1])
+
+
+def summarize_block_score_samples(samples: np.ndarray, reference: np.ndarray) -> dict:
+    """Per-block mean/std/percentiles and ranking agreement of score samples [k, L] against ``reference`` [L]."""
+    k = samples.shape[0]
+    corr = spearman_matrix(np.concatenate([reference[None], samples]))
+    to_reference = corr[0, 1:]
+    pairwise = corr[1:, 1:][np.triu_indices(k, 1)] if k > 1 else np.array([1.0])
+    return {
+        "num_samples": int(k),
+        "mean": samples.mean(axis=0).tolist(),
+        "std": samples.std(axis=0, ddof=1 if k > 1 else 0).tolist(),
+        "p05": np.percentile(samples, 5, axis=0).tolist(),
+        "p95": np.percentile(samples, 95, axis=0).tolist(),
+        "spearman_to_full_mean": float(to_reference.mean()),
+        "spearman_to_full_p05": float(np.percentile(to_reference, 5)),
+        "pairwise_spearman_mean": float(pairwise.mean()),
+        "stable": bool(np.percentile(to_reference, 5) >= UNSTABLE_SPEARMAN),
+    }
+
+
+def bootstrap_block_scores(influence: torch.Tensor, aggregate, num_resamples: int, seed: int = 0,
+                           chunk: int = 16) -> np.ndarray:
+    """Block scores of ``num_resamples`` bootstrap resamples of the training samples (columns).
+
+    Args:
+        influence: [L, n] influence matrix.
+        aggregate: callable mapping [..., L, n] influences to [..., L] block scores.
+    Returns:
+        [num_resamples, L] float64 array. Memory: chunk × L × n values at a time.
+    """
+    L, n = influence.shape
+    gen = torch.Generator().manual_seed(seed)
+    inf64 = influence.to(torch.float64)
+    out = []
+    for start in range(0, num_resamples, chunk):
+        b = min(chunk, num_resamples - start)
+        idx = torch.randint(0, n, (b, n), generator=gen)
+        resampled = inf64[:, idx].permute(1, 0, 2)  # [b, L, n]
+        out.append(aggregate(resampled).numpy())
+    return np.concatenate(out) if out else np.zeros((0, L))

@@ -1,0 +1,1 @@
+"""Model structure helpers: finding Transformer blocks and the linear modules inside them."""

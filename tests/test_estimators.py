@@ -1,0 +1,165 @@
+"""Every estimator equals a float64 brute-force implementation of its SPEC formula (d-space, loops)."""
+
+import pytest
+import torch
+
+from hf_layerif.influence.arguments import InfluenceArguments
+from hf_layerif.influence.estimators import estimate_influence
+from hf_layerif.influence.gram import GramAccumulator, GroupLayout
+
+BOUNDS = [[0, 5, 12], [0, 9], [0, 3, 4, 10]]  # three blocks; block 0 has 2 tensors, block 2 has 3
+
+
+def _problem(n=7, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    G = [torch.randn(n, b[-1], generator=gen, dtype=torch.float64) * (1 + i) for i, b in enumerate(BOUNDS)]
+    v = [torch.randn(b[-1], generator=gen, dtype=torch.float64) for b in BOUNDS]
+    return [g.to(dtype) for g in G], [x.to(dtype) for x in v]
+
+
+def _groups(G, v, granularity):
+    """(list of (block, G_group, v_group)) in the layout's order."""
+    out = []
+    for l, b in enumerate(BOUNDS):
+        cuts = b if granularity == "tensor" else [0, b[-1]]
+        for j in range(len(cuts) - 1):
+            out.append((l, G[l][:, cuts[j]:cuts[j + 1]].double(), v[l][cuts[j]:cuts[j + 1]].double()))
+    return out
+
+
+def _damping(Gg, factor=0.1):
+    n, d = Gg.shape
+    return factor * sum(float(Gg[i] @ Gg[i]) for i in range(n)) / n / d
+
+
+def brute_datainf(Gg, vg, lam):
+    n, _ = Gg.shape
+    hinv_v = torch.zeros_like(vg)
+    for i in range(n):
+        g = Gg[i]
+        hinv_v += vg - (g @ vg) / (lam + g @ g) * g
+    hinv_v /= n * lam
+    return torch.tensor([-(Gg[i] @ hinv_v) for i in range(n)], dtype=torch.float64)
+
+
+def brute_exact(Gg, vg, lam):
+    n, d = Gg.shape
+    H = sum(torch.outer(Gg[i], Gg[i]) for i in range(n)) / n + lam * torch.eye(d, dtype=torch.float64)
+    w = torch.linalg.solve(H, vg)
+    return -(Gg @ w)
+
+
+def brute_tracin(Gg, vg, lam):
+    return -(Gg @ vg)
+
+
+def brute_lissa(Gg, vg, lam, scale, depth, batch_size=None, seed=None):
+    n, d = Gg.shape
+    h = vg.clone()
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    for _ in range(depth):
+        if batch_size is None:
+            idx = list(range(n))
+        else:
+            idx = torch.randperm(n, generator=gen)[:batch_size].tolist()
+        Hh = sum(Gg[i] * (Gg[i] @ h) for i in idx) / len(idx)
+        h = vg + h - (Hh + lam * h) / scale
+    return -(Gg @ h) / scale
+
+
+def _ours(G, v, args, n):
+    layout = GroupLayout([b if args.granularity == "tensor" else [0, b[-1]] for b in BOUNDS])
+    acc = GramAccumulator(layout, v, n, G[0].dtype, 1 << 30)
+    for start in range(0, n, 3):
+        acc.add([g[start:start + 3] for g in G])
+    a, K = acc.finalize()
+    return estimate_influence(a, K, layout.dims(), args, layout.group_to_block(), len(BOUNDS))
+
+
+@pytest.mark.parametrize("granularity", ["block", "tensor"])
+@pytest.mark.parametrize("name,brute", [("datainf", brute_datainf), ("exact", brute_exact), ("tracin", brute_tracin)])
+def test_estimators_match_bruteforce_float64(name, brute, granularity):
+    n = 7
+    G, v = _problem(n)
+    args = InfluenceArguments(estimator=name, granularity=granularity)
+    influence, damping, _ = _ours(G, v, args, n)
+    want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    lams = []
+    for l, Gg, vg in _groups(G, v, granularity):
+        lam = _damping(Gg)
+        lams.append(lam)
+        want[l] += brute(Gg, vg, lam)
+    torch.testing.assert_close(influence, want, rtol=1e-6, atol=1e-9 * want.abs().max().item())
+    if name != "tracin":
+        torch.testing.assert_close(damping, torch.tensor(lams, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name,brute", [("datainf", brute_datainf), ("exact", brute_exact), ("tracin", brute_tracin)])
+def test_estimators_float32_within_1e4(name, brute):
+    n = 7
+    G, v = _problem(n, dtype=torch.float32)
+    influence, _, _ = _ours(G, v, InfluenceArguments(estimator=name), n)
+    want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    for l, Gg, vg in _groups(G, v, "block"):
+        want[l] += brute(Gg, vg, _damping(Gg))
+    torch.testing.assert_close(influence, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_absolute_damping_and_factor():
+    n = 6
+    G, v = _problem(n, seed=3)
+    influence, damping, _ = _ours(G, v, InfluenceArguments(estimator="datainf", damping=0.5), n)
+    assert torch.all(damping == 0.5)
+    want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    for l, Gg, vg in _groups(G, v, "block"):
+        want[l] += brute_datainf(Gg, vg, 0.5)
+    torch.testing.assert_close(influence, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_lissa_matches_literal_recursion(batch_size):
+    n, depth, scale = 7, 60, 400.0
+    G, v = _problem(n, seed=1)
+    args = InfluenceArguments(estimator="lissa", lissa_depth=depth, lissa_scale=scale, lissa_batch_size=batch_size, seed=5)
+    influence, _, _ = _ours(G, v, args, n)
+    want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    for g_index, (l, Gg, vg) in enumerate(_groups(G, v, "block")):
+        want[l] += brute_lissa(Gg, vg, _damping(Gg), scale, depth, batch_size, seed=5 + g_index)
+    torch.testing.assert_close(influence, want, rtol=1e-6, atol=1e-9 * want.abs().max().item())
+
+
+def test_lissa_converges_to_exact_with_the_right_sign():
+    n = 6
+    G, v = _problem(n, seed=2)
+    lissa, _, _ = _ours(G, v, InfluenceArguments(estimator="lissa", damping=5.0, lissa_depth=20000), n)
+    exact, _, _ = _ours(G, v, InfluenceArguments(estimator="exact", damping=5.0), n)
+    torch.testing.assert_close(lissa, exact, rtol=1e-6, atol=1e-9)
+
+
+def test_gram_spills_to_disk_and_matches_in_memory(tmp_path):
+    n = 11
+    G, v = _problem(n, seed=4)
+    layout = GroupLayout(BOUNDS)
+    direct = GramAccumulator(layout, v, n, torch.float64, 1 << 30)
+    spilled = GramAccumulator(layout, v, n, torch.float64, 200, spill_dir=tmp_path)  # ~1 chunk per window
+    for start in range(0, n, 2):
+        direct.add([g[start:start + 2] for g in G])
+        spilled.add([g[start:start + 2] for g in G])
+    assert spilled.spilled, "the small budget must spill"
+    a1, K1 = direct.finalize()
+    a2, K2 = spilled.finalize()
+    torch.testing.assert_close(a1, a2, rtol=0, atol=0)
+    torch.testing.assert_close(K1, K2, rtol=1e-14, atol=1e-12)
+    full = torch.cat(G, dim=1)
+    block_K = torch.zeros(n, n, dtype=torch.float64)
+    for g in range(K1.shape[0]):
+        block_K += K1[g]
+    torch.testing.assert_close(block_K, full @ full.T, rtol=1e-12, atol=1e-10)
+
+
+def test_gram_without_spill_dir_refuses_to_exceed_budget():
+    G, v = _problem(6)
+    acc = GramAccumulator(GroupLayout(BOUNDS), v, 6, torch.float64, 100)
+    with pytest.raises(MemoryError, match="gradient_memory_gb"):
+        for start in range(0, 6, 2):
+            acc.add([g[start:start + 2] for g in G])
