@@ -25,13 +25,13 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .influence.api import compute_layer_influence
-    from .influence.arguments import InfluenceArguments
-    from .influence.estimators import get_estimator
-    from .influence.scores import LayerInfluenceScores
-    from .models.blocks import TransformerBlocks, find_transformer_blocks
-    from .trainer import LayerInfluenceTrainer
+if TYPE_CHECKING:  # pragma: no cover  (imports for type checkers and IDEs only)
+    from .influence.api import compute_layer_influence  # noqa: F401
+    from .influence.arguments import InfluenceArguments  # noqa: F401
+    from .influence.estimators import get_estimator  # noqa: F401
+    from .influence.scores import LayerInfluenceScores  # noqa: F401
+    from .models.blocks import TransformerBlocks, find_transformer_blocks  # noqa: F401
+    from .trainer import LayerInfluenceTrainer  # noqa: F401
 
 
 def __getattr__(name: str):
