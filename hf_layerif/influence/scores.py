@@ -263,6 +263,7 @@ class LayerInfluenceScores:
         values = self.influence.numpy()
         bound = float(np.percentile(np.abs(values), 99)) or 1.0
         image = ax_map.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        ax_map.set_yticks(x[::step])
         ax_map.set_xlabel("training sample")
         ax_map.set_ylabel("block")
         ax_map.set_title("influence I_l(z) (blue < 0: beneficial)")

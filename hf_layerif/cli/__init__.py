@@ -1,0 +1,1 @@
+"""The ``hf-layerif`` command line."""
