@@ -105,9 +105,6 @@ def compute_layer_influence(
     validate_examples(train, vocab, "train_dataset")
     validate_examples(evals, vocab, "eval_dataset")
     engine = InfluenceEngine(model, args, accelerator=accelerator, progress=progress)
-    if args.repeats > 1 and not lora_is_fresh(engine.tracked):
-        raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
-                         "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
     pad_id = 0
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         pad_id = tokenizer.pad_token_id
@@ -117,9 +114,28 @@ def compute_layer_influence(
         dl = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collator)
         return accelerator.prepare_data_loader(dl) if accelerator is not None else dl
 
-    checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
     data_fp = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
                "num_train": len(train), "num_validation": len(evals)}
+    return run_influence(engine, lambda: loader(train), lambda: loader(evals), len(train), len(evals), data_fp,
+                         output_dir=output_dir, cache_dir=cache_dir)
+
+
+def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int,
+                  data_fingerprint: dict, output_dir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> LayerInfluenceScores:
+    """Run ``engine`` over loaders (factories returning a fresh iterable each call) and assemble the scores.
+
+    Shared by :func:`compute_layer_influence` and :class:`hf_layerif.LayerInfluenceTrainer`: checkpointing
+    into ``output_dir/influence_checkpoint``, repeated adapter initialisations, provenance and saving.
+    """
+    args = engine.args
+    model = engine.model
+    accelerator = engine.accelerator
+    if args.repeats > 1 and not lora_is_fresh(engine.tracked):
+        raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
+                         "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
+    checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
+    data_fp = data_fingerprint
     resume_key = None
     if checkpoint_dir is not None:
         resume_key = {"arguments": args.gradient_fingerprint(), "data": data_fp,
@@ -128,19 +144,19 @@ def compute_layer_influence(
                       "processes": 1 if accelerator is None else accelerator.num_processes}
         resume_key = _json_safe(resume_key)
     started = time.time()
-    influence, damping, est_settings, losses = engine.run(loader(train), loader(evals), len(train), len(evals),
+    influence, damping, est_settings, losses = engine.run(train_loader(), eval_loader(), num_train, num_eval,
                                                           checkpoint_dir, resume_key, cache_dir)
     repeat_scores = None
     if args.repeats > 1:
-        originals = [m.module.weight.detach().clone() for ms in engine.tracked for m in ms if ".lora_A." in m.name]
+        a_modules = [m for ms in engine.tracked for m in ms if ".lora_A." in m.name]
+        originals = [m.module.weight.detach().clone() for m in a_modules]
         rows = [aggregate_block_scores(influence, args.aggregation, args.fraction)]
         try:
             for r in range(1, args.repeats):
                 reinitialize_lora_a(engine.tracked, args.seed + r)
-                inf_r, _, _, _ = engine.run(loader(train), loader(evals), len(train), len(evals), None, None, cache_dir)
+                inf_r, _, _, _ = engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir)
                 rows.append(aggregate_block_scores(inf_r, args.aggregation, args.fraction))
         finally:
-            a_modules = [m for ms in engine.tracked for m in ms if ".lora_A." in m.name]
             with torch.no_grad():
                 for module, weight in zip(a_modules, originals):
                     module.module.weight.copy_(weight)

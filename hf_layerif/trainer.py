@@ -1,0 +1,56 @@
+"""``LayerInfluenceTrainer``: a ``transformers.Trainer`` that computes LayerIF scores with its own set-up.
+
+The scores use the Trainer's accelerator (processes, device), its data collator and evaluation dataloaders
+(sequential, sharded per process; per-sample gradients are gathered back in dataset order with
+``gather_for_metrics``), and its mixed-precision context. Call :meth:`compute_layer_influence` before
+``train()``, after it, or between epochs from a callback.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import Trainer
+
+from .influence.api import run_influence
+from .influence.arguments import InfluenceArguments
+from .influence.engine import InfluenceEngine, fingerprint_examples
+from .influence.scores import LayerInfluenceScores
+
+
+class LayerInfluenceTrainer(Trainer):
+    """A ``Trainer`` with :meth:`compute_layer_influence`. Training itself is unchanged."""
+
+    def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,
+                                output_dir: str | os.PathLike | None = None, progress: bool = True,
+                                **options) -> LayerInfluenceScores:
+        """Per-block influence (SPEC §1–3) of ``train_dataset`` samples on the mean loss of ``eval_dataset``.
+
+        Args:
+            train_dataset, eval_dataset: default to the Trainer's own datasets; they are collated by the
+                Trainer's ``data_collator`` (rows must already be tokenized, as for training).
+            args, options: :class:`~hf_layerif.InfluenceArguments` and overrides. The batch size per process is
+                the Trainer's ``per_device_eval_batch_size``.
+            output_dir: where the scores are saved and the run checkpoints (default: not saved).
+
+        Returns:
+            :class:`~hf_layerif.LayerInfluenceScores` (identical on every process; saved by the main one).
+        """
+        train = self.train_dataset if train_dataset is None else train_dataset
+        evals = self.eval_dataset if eval_dataset is None else eval_dataset
+        if train is None or evals is None:
+            raise ValueError("compute_layer_influence needs a training and a validation dataset: pass them, or give "
+                             "the Trainer train_dataset= and eval_dataset=.")
+        if isinstance(evals, dict):
+            raise ValueError(f"eval_dataset is a dict of {sorted(evals)}; pass the one to score against as eval_dataset=.")
+        for name, ds in (("train_dataset", train), ("eval_dataset", evals)):
+            if len(ds) == 0:
+                raise ValueError(f"{name} is empty: give at least one sample.")
+        influence_args = (args or InfluenceArguments()).replace(batch_size=self.args.per_device_eval_batch_size, **options)
+        engine = InfluenceEngine(self.model, influence_args, accelerator=self.accelerator,
+                                 autocast=self.autocast_smart_context_manager,
+                                 progress=progress and not self.args.disable_tqdm)
+        data_fp = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
+                   "num_train": len(train), "num_validation": len(evals)}
+        return run_influence(engine, lambda: self.get_test_dataloader(train), lambda: self.get_test_dataloader(evals),
+                             len(train), len(evals), data_fp, output_dir=output_dir)

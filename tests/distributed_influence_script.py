@@ -1,0 +1,29 @@
+"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2` (CPU, gloo)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(1)
+
+from accelerate import Accelerator  # noqa: E402
+from conftest import random_samples, tiny_llama, with_lora  # noqa: E402
+
+from hf_layerif import compute_layer_influence  # noqa: E402
+
+
+def main(output: str) -> None:
+    accelerator = Accelerator(cpu=True)
+    model = with_lora(tiny_llama(torch.float64), randomize_b=True)
+    train, val = random_samples(11, seed=21, prompt_mask=True), random_samples(5, seed=22)
+    scores = compute_layer_influence(model, train, val, batch_size=2, accelerator=accelerator, progress=False,
+                                     bootstrap_samples=0, output_dir=output, checkpoint_every=2)
+    assert scores.num_train == 11, scores.num_train
+    if accelerator.is_main_process:
+        print(f"processes={accelerator.num_processes}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
