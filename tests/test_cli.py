@@ -1,0 +1,50 @@
+"""The `hf-layerif` command line: the embedded demo (README's main job) and a real model from files."""
+
+import json
+
+import pytest
+from conftest import STORIES260K, TINYSTORIES_VAL, require_shared
+
+from hf_layerif.cli.main import main
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("layerif-cache")
+
+
+def test_score_runs_embedded_demo(tmp_path, monkeypatch, demo_cache, capsys):
+    monkeypatch.setenv("HF_LAYERIF_CACHE", str(demo_cache))
+    out = tmp_path / "scores"
+    code = main(["score", "--output", str(out), "--demo_train_samples", "24", "--demo_validation_samples", "8",
+                 "--bootstrap_samples", "20"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "model.layers.3" in printed and "ranking stability" in printed
+    meta = json.loads((out / "layerif_scores.json").read_text())
+    assert meta["num_blocks"] == 4 and meta["num_train"] == 24
+    assert (out / "scores.png").exists()
+    training = json.loads((demo_cache / "demo-llama-v1" / "demo_training.json").read_text())
+    # the demo model learned the tasks it can learn: the loss of copy/reverse/sort is far below log(vocab)
+    assert max(training["final_loss_per_task"][t] for t in ("copy", "reverse", "sort")) < 1.0
+
+
+def test_score_with_model_and_files(tmp_path, capsys):
+    require_shared()
+    text = TINYSTORIES_VAL.read_text(encoding="utf-8", errors="replace")
+    paragraphs = [p for p in text.split("\n\n") if len(p.strip()) > 40]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs[:10]))
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs[50:54]))
+    out = tmp_path / "scores"
+    code = main(["score", "--model", str(STORIES260K), "--train", str(tmp_path / "train.jsonl"), "--validation",
+                 str(tmp_path / "val.jsonl"), "--output", str(out), "--max_length", "64", "--estimator", "exact",
+                 "--device", "cpu", "--bootstrap_samples", "10", "--no_plot", "true"])
+    assert code == 0
+    meta = json.loads((out / "layerif_scores.json").read_text())
+    assert meta["estimator"]["name"] == "exact" and meta["num_blocks"] == 5
+
+
+def test_cli_rejects_bad_options():
+    with pytest.raises(ValueError, match="estimator"):
+        main(["score", "--estimator", "ekfac"])
+    assert main(["nonsense"]) == 2
