@@ -262,9 +262,8 @@ class PerSampleGradientCapture:
             pieces = []
             for module in modules:
                 g = self._grads.pop(module.name, None)
-                if g is None:  # module not on the loss path (e.g. unused): zero gradient
-                    ref = next(iter(self._grads.values()), losses)
-                    g = torch.zeros(batch_size, self.module_dim(module), dtype=self.dtype, device=ref.device)
+                if g is None:  # module not on the loss path (e.g. unused): its gradient is zero
+                    g = torch.zeros(batch_size, self.module_dim(module), dtype=self.dtype, device=losses.device)
                 pieces.append(g)
             device = pieces[0].device
             per_block.append(torch.cat([p.to(device) for p in pieces], dim=1))

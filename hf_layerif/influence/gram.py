@@ -123,9 +123,10 @@ class GramAccumulator:
         stored = [g.detach().to(self.store_dtype) for g in grads]
         compute = [g.to(self.compute_dtype) for g in stored] if self.store_dtype != self.compute_dtype else stored
         for l, bounds in enumerate(self.layout.bounds):
-            proj = compute[l] * self.v[l].to(compute[l].device, self.compute_dtype)
+            v = self.v[l].to(compute[l].device, self.compute_dtype)
             for j in range(len(bounds) - 1):
-                self.a[self._group_offsets[l] + j, start:start + c] = proj[:, bounds[j]:bounds[j + 1]].sum(1).to("cpu")
+                lo, hi = bounds[j], bounds[j + 1]
+                self.a[self._group_offsets[l] + j, start:start + c] = (compute[l][:, lo:hi] @ v[lo:hi]).to("cpu")
         self._place(self._gram_blocks(compute, compute), start, start)
         for k, other_start in enumerate(self.window.starts):
             self._place(self._gram_blocks(compute, self.window.chunks[k]), start, other_start)

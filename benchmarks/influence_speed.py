@@ -1,0 +1,159 @@
+"""Speed of compute_layer_influence against the physical floor and a batch-size-1 loop.
+
+All timings come from one process with threads pinned; ratios are against baselines run in the same process:
+
+- floor: one plain batched forward + backward (``model(**batch).loss.backward()``) over the same n + m samples
+  with the same batch size — the cost any gradient-based influence method must pay at least;
+- per-sample loop: DataInf's reference approach (one autograd pass per sample at batch size 1, LoRA gradients
+  read from ``param.grad``, then the DataInf formula).
+
+CPU (default): a small Llama built from its config. GPU (``--preset mistral-7b --device cuda``): a
+Mistral-7B-shaped model from its config with random bf16 weights (no download), LoRA r = 8 on all linear modules,
+1024 training and 64 validation samples of 512 tokens.
+
+    OMP_NUM_THREADS=1 python benchmarks/influence_speed.py --n 64 --m 16 --seq 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+
+def build_model(preset: str, device: str, dtype: torch.dtype):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    if preset == "mistral-7b":
+        config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                               attn_implementation="sdpa")
+        with torch.device(device):
+            model = MistralForCausalLM(config).to(dtype)
+    else:
+        config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=6,
+                             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
+        model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    model.eval()
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+
+
+def make_samples(count: int, seq: int, vocab: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(3, vocab, (seq,), generator=gen).tolist()} for _ in range(count)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_floor(model, samples, batch_size, device):
+    from hf_layerif.data import InfluenceCollator
+
+    collate = InfluenceCollator(0)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(samples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(samples[i:i + batch_size]).items()}
+        model(**batch).loss.backward()
+    sync(device)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def time_per_sample_loop(model, train, val, device):
+    """DataInf's reference approach: batch size 1 autograd, flattened LoRA grads per block, DataInf formula."""
+    from hf_layerif.influence.estimators import DataInfEstimator, damping_from_gram
+    from hf_layerif.models.blocks import find_transformer_blocks, tracked_modules
+
+    tracked = tracked_modules(find_transformer_blocks(model), "lora")
+    sync(device)
+    start = time.perf_counter()
+
+    def grads(sample):
+        ids = torch.tensor([sample["input_ids"]], device=device)
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [torch.cat([m.module.weight.grad.flatten().float() for m in mods]) for mods in tracked]
+
+    v = None
+    for sample in val:
+        g = grads(sample)
+        v = g if v is None else [a + b for a, b in zip(v, g)]
+    v = [x / len(val) for x in v]
+    G = [[] for _ in tracked]
+    for sample in train:
+        for l, g in enumerate(grads(sample)):
+            G[l].append(g)
+    G = [torch.stack(rows) for rows in G]
+    a = torch.stack([g @ vl for g, vl in zip(G, v)]).cpu()
+    K = torch.stack([g @ g.T for g in G]).cpu()
+    dims = torch.tensor([g.shape[1] for g in G])
+    DataInfEstimator()(a, K, damping_from_gram(torch.diagonal(K, dim1=1, dim2=2), dims))
+    sync(device)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small-llama", choices=["small-llama", "mistral-7b"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--m", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--skip_loop", action="store_true", help="skip the batch-size-1 loop (slow at 7B)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+
+    from hf_layerif import compute_layer_influence
+
+    model = build_model(args.preset, args.device, dtype)
+    vocab = model.get_input_embeddings().num_embeddings
+    train, val = make_samples(args.n, args.seq, vocab, 1), make_samples(args.m, args.seq, vocab, 2)
+
+    # warm-up (allocator, kernels), not timed
+    compute_layer_influence(model, train[:2], val[:1], batch_size=2, progress=False, bootstrap_samples=0)
+    time_floor(model, train[:2], 2, args.device)
+
+    floor = time_floor(model, train + val, args.batch_size, args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sync(args.device)
+    start = time.perf_counter()
+    scores = compute_layer_influence(model, train, val, batch_size=args.batch_size, progress=False, bootstrap_samples=0,
+                                     gradient_memory_gb=64.0)
+    sync(args.device)
+    ours = time.perf_counter() - start
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+    loop = None if args.skip_loop else time_per_sample_loop(model, train, val, args.device)
+    figures = {
+        "preset": args.preset, "device": args.device, "dtype": str(dtype), "n": args.n, "m": args.m, "seq": args.seq,
+        "batch_size": args.batch_size, "num_blocks": scores.num_blocks,
+        "compute_layer_influence_s": round(ours, 3), "floor_forward_backward_s": round(floor, 3),
+        "ratio_to_floor": round(ours / floor, 3),
+        "per_sample_loop_s": None if loop is None else round(loop, 3),
+        "speedup_vs_per_sample_loop": None if loop is None else round(loop / ours, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_gpu_gb": None if peak_gpu is None else round(peak_gpu, 2),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
