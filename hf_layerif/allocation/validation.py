@@ -1,0 +1,39 @@
+"""Checks shared by the allocators: scores must be finite, of the right length, and usable."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def as_score_vector(scores, num_blocks: int | None = None, name: str = "scores") -> np.ndarray:
+    """Block scores as a float64 vector; accepts a list, a tensor or a ``LayerInfluenceScores``.
+
+    Raises ``ValueError`` for NaN/inf, an empty vector, or a length other than ``num_blocks``.
+    """
+    if hasattr(scores, "block_scores"):
+        scores = scores.block_scores()
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError(f"{name} is empty.")
+    if num_blocks is not None and values.size != num_blocks:
+        raise ValueError(f"{name} has {values.size} values but the model has {num_blocks} blocks; compute the scores on "
+                         "this model (or pass the matching block scores).")
+    if not np.all(np.isfinite(values)):
+        bad = np.flatnonzero(~np.isfinite(values)).tolist()
+        raise ValueError(f"{name} has NaN/inf values at blocks {bad}; recompute the scores (check the influence run).")
+    return values
+
+
+def shift_negative(values: np.ndarray, name: str = "scores") -> np.ndarray:
+    """Shift scores so the minimum is 0 when any is negative (aggregation ``all`` can give that), with a warning."""
+    if values.min() < 0:
+        logger.warning("%s contain negative values (min %.4g); shifting them so that the minimum is 0 (SPEC §3).",
+                       name, values.min())
+        return values - values.min()
+    return values

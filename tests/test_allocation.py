@@ -1,0 +1,146 @@
+"""Expert and sparsity allocation and PL_Alpha_Hill against direct float64 implementations of the SPEC."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import STORIES260K, require_shared
+
+from hf_layerif.allocation import allocate_experts, allocate_sparsity, block_alpha_hill, mola_pattern, pl_alpha_hill
+
+
+def ref_experts(q, T, alpha):
+    L = len(q)
+    t = [x**alpha for x in q]
+    if sum(t) == 0:
+        t = [1.0] * L
+    f = [x / sum(t) * (T - L) for x in t]
+    E = [math.floor(x) + 1 for x in f]
+    R = T - sum(E)
+    ranked = sorted(range(L), key=lambda i: (-(f[i] - math.floor(f[i])), i))
+    for i in ranked[:R]:
+        E[i] += 1
+    return E
+
+
+@pytest.mark.parametrize("q,T,alpha", [([1, 2, 3, 4, 0.5], 20, 1.0), ([0.3, 0.3, 0.3], 10, 2.0),
+                                       (list(np.linspace(0.1, 5, 32)), 160, 1.5), ([1e-9, 7.0, 0.0, 2.0], 9, 0.5)])
+def test_expert_allocation_matches_reference(q, T, alpha):
+    got = allocate_experts(q, T, alpha)
+    assert got == ref_experts(q, T, alpha)
+    assert sum(got) == T and min(got) >= 1
+
+
+def test_expert_allocation_edge_cases(caplog):
+    assert allocate_experts([0, 0, 0, 0], 10) == [3, 3, 2, 2]  # all zero: uniform, ties to lower index
+    assert allocate_experts(None, 10, method="uniform", num_blocks=4) == [3, 3, 2, 2]
+    assert allocate_experts([-1.0, 0.0, 1.0], 6) == ref_experts([0.0, 1.0, 2.0], 6, 1.0)
+    assert allocate_experts([0.0, 100.0, 0.0], 30) == [1, 28, 1]  # one dominant block
+    with pytest.raises(ValueError, match="NaN"):
+        allocate_experts([1.0, float("nan")], 4)
+    with pytest.raises(ValueError, match="blocks"):
+        allocate_experts([1.0, 2.0], 4, num_blocks=3)
+    with pytest.raises(ValueError, match=">= the number of blocks"):
+        allocate_experts([1.0, 2.0, 3.0], 2)
+    assert allocate_experts(None, 12, method="alphalora", alpha_hill=[2.0, 3.0, 4.0]) == ref_experts([2.0, 3.0, 4.0], 12, 2.5)
+
+
+def test_mola_patterns():
+    assert sum(mola_pattern("2468", 32)) == 160 and mola_pattern("2468", 32)[:9] == [2] * 8 + [4]
+    assert sum(mola_pattern("5555", 32)) == sum(mola_pattern("8642", 32)) == 160
+    assert mola_pattern("46810", 10) == [4, 4, 6, 6, 8, 8, 10, 10, 10, 10]  # the last group absorbs the remainder
+    assert allocate_experts(None, None, method="1234", num_blocks=5) == [1, 2, 3, 4, 4]
+    with pytest.raises(ValueError, match="pattern"):
+        mola_pattern("999", 8)
+
+
+def ref_sparsity(q, S, eps, P, smooth):
+    from scipy.signal import savgol_filter
+
+    a = np.abs(np.array(q, dtype=np.float64))
+    P = np.array(P, dtype=np.float64)
+    if a.max() == a.min():
+        return np.full(len(a), S)
+    a = (a - a.min()) / (a.max() - a.min())
+    L = len(a)
+    if smooth:
+        w = 7 if L >= 7 else (L if L % 2 else L - 1)
+        if w > 3:
+            a = savgol_filter(a, w, 3)
+    r = (a - a.min()) / (a.max() - a.min()) * (2 * eps) + (1 - eps)
+    r = r * S * P.sum() / (P * r).sum()
+    # exact budget after the clamp, found by bisection on a common scale c: Σ P min(c r, 0.99) = S Σ P
+    lo, hi = 0.0, 1e6
+    for _ in range(300):
+        c = (lo + hi) / 2
+        if (P * np.minimum(c * r, 0.99)).sum() < S * P.sum():
+            lo = c
+        else:
+            hi = c
+    return np.minimum(lo * r, 0.99)
+
+
+@pytest.mark.parametrize("q,S,eps,smooth", [
+    (list(np.random.default_rng(0).random(32)), 0.5, 0.3, True),
+    ([3, 1, 4, 1, 5], 0.6, 0.2, True),           # L < 7: window shrinks to 5
+    ([3, 1, 4, 1, 5, 9], 0.6, 0.2, True),        # L = 6: window 5
+    ([2, 7, 1], 0.5, 0.3, True),                 # L <= 3: smoothing skipped
+    ([0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0], 0.7, 0.9, False),  # one dominant block: the clamp binds
+])
+def test_sparsity_allocation_matches_reference_and_budget(q, S, eps, smooth):
+    P = [100 + 10 * i for i in range(len(q))]
+    got = np.array(allocate_sparsity(q, S, eps, smooth=smooth, params_per_block=P))
+    want = ref_sparsity(q, S, eps, P, smooth)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert abs((got * np.array(P)).sum() / sum(P) - S) < 1e-9
+    assert got.max() <= 0.99 + 1e-15 and got.min() >= 0
+
+
+def test_sparsity_edge_cases():
+    assert allocate_sparsity([1.0, 1.0, 1.0], 0.5) == [0.5, 0.5, 0.5]
+    assert allocate_sparsity(None, 0.4, method="uniform", num_blocks=3) == [0.4] * 3
+    larger = allocate_sparsity([1.0, 2.0, 3.0, 4.0, 5.0], 0.5, smooth=False)
+    assert larger == sorted(larger)  # a larger score gets a larger ratio
+    alpha = allocate_sparsity(None, 0.5, 0.3, method="alphapruning", alpha_hill=[2.0, 4.0, 3.0])
+    np.testing.assert_allclose(alpha, ref_sparsity([2.0, 4.0, 3.0], 0.5, 0.3, [1, 1, 1], False), rtol=1e-12)
+    for bad in ({"target_sparsity": 1.0}, {"epsilon": 1.0}):
+        with pytest.raises(ValueError):
+            allocate_sparsity([1.0, 2.0], **{"target_sparsity": 0.5, "epsilon": 0.3, **bad})
+    with pytest.raises(ValueError, match="NaN"):
+        allocate_sparsity([1.0, float("inf")], 0.5)
+
+
+def ref_alpha_hill(W):
+    lam = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
+    lam = lam[lam > 0]
+    N = len(lam)
+    logs = np.log10(lam)
+    counts, edges = np.histogram(logs, bins=100, range=(logs.min(), logs.max()))
+    peak = 10 ** edges[np.argmax(counts)]
+    best = (np.inf, None)
+    for i in range(N - 1):
+        if lam[i] > 1.5 * peak:
+            break
+        n = N - i
+        alpha = 1 + n / (np.sum(np.log(lam[i:])) - n * np.log(lam[i]))
+        D = max(abs(1 - (lam[i + j] / lam[i]) ** (1 - alpha) - j / n) for j in range(n))
+        if D < best[0]:
+            best = (D, alpha)
+    return best[1]
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (64, 64), (90, 30)])
+def test_pl_alpha_hill_matches_reference(shape):
+    gen = np.random.default_rng(sum(shape))
+    W = gen.standard_t(3, size=shape)  # heavy-tailed entries
+    assert pl_alpha_hill(torch.from_numpy(W)) == pytest.approx(ref_alpha_hill(W), rel=1e-10)
+
+
+def test_pl_alpha_hill_on_stories260k_is_finite():
+    require_shared()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(STORIES260K)
+    values = block_alpha_hill(model)
+    assert len(values) == 5 and all(math.isfinite(v) and v > 1 for v in values)
