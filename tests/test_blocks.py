@@ -90,3 +90,13 @@ def test_block_pattern_override_and_clear_error():
 
     with pytest.raises(ValueError, match="block_pattern"):
         find_transformer_blocks(NoBlocks())
+
+
+def test_linear_params_per_block_excludes_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    model = MistralForCausalLM(MistralConfig(**SMALL, num_key_value_heads=2))
+    expected = 16 * 16 * 2 + 8 * 16 * 2 + 32 * 16 * 3  # q, o; k, v (2 KV heads of 4); gate, up, down
+    assert find_transformer_blocks(model).linear_params_per_block() == [expected] * 3
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    assert find_transformer_blocks(peft_model).linear_params_per_block() == [expected] * 3
