@@ -46,6 +46,9 @@ class LayerInfluenceTrainer(Trainer):
         for name, ds in (("train_dataset", train), ("eval_dataset", evals)):
             if len(ds) == 0:
                 raise ValueError(f"{name} is empty: give at least one sample.")
+        if "batch_size" in options:
+            raise ValueError("LayerInfluenceTrainer uses the Trainer's dataloaders: set per_device_eval_batch_size in "
+                             "TrainingArguments instead of batch_size=.")
         influence_args = (args or InfluenceArguments()).replace(batch_size=self.args.per_device_eval_batch_size, **options)
         engine = InfluenceEngine(self.model, influence_args, accelerator=self.accelerator,
                                  autocast=self.autocast_smart_context_manager,

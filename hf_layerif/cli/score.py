@@ -72,11 +72,9 @@ def run(argv: list[str]) -> int:
 
 
 def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int:
-    import torch
 
     from ..influence.api import compute_layer_influence
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), int(os.environ.get("OMP_NUM_THREADS", "64")))))
     if score_args.model is None:
         if score_args.train or score_args.validation:
             raise SystemExit("--train/--validation need --model (without --model the embedded demo runs).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -187,8 +188,11 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     if output_dir is not None:
         if accelerator is None or accelerator.is_main_process:
             scores.save_pretrained(output_dir)
+        if checkpoint_dir is not None:
+            engine.cleanup_checkpoint()
         if accelerator is not None:
             accelerator.wait_for_everyone()
-        if checkpoint_dir is not None:
-            engine.cleanup_checkpoint(checkpoint_dir)
+        if checkpoint_dir is not None and (accelerator is None or accelerator.is_main_process):
+            with contextlib.suppress(OSError):
+                checkpoint_dir.rmdir()
     return scores

@@ -101,6 +101,7 @@ class PerSampleGradientCapture:
         self._anchor: torch.Tensor | None = None
         self._active = False
         self._restore: list = []
+        self._restore_ckpt: list[nn.Module] = []
         self._forward_kwargs: dict = {}
 
     # --- sizes ------------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class PerSampleGradientCapture:
     def _restore_model(self) -> None:
         for module, training in self._restore:
             module.training = training
-        for m in getattr(self, "_restore_ckpt", []):
+        for m in self._restore_ckpt:
             m.gradient_checkpointing = True
         self._restore = []
         self._restore_ckpt = []

@@ -95,7 +95,8 @@ class InfluenceEngine:
         store = torch.empty(0, dtype=self.store_dtype).element_size()
         procs = 1 if self.accelerator is None else self.accelerator.num_processes
         return {
-            "batch_gradients": self.args.batch_size * procs * total_dim * 4.0,
+            "batch_gradients": self.args.batch_size * procs * total_dim
+            * float(torch.empty(0, dtype=self.compute_dtype).element_size()),
             "stored_gradients": num_train * total_dim * float(store),
             "gram": self.layout.num_groups * num_train**2 * float(torch.empty(0, dtype=self.compute_dtype).element_size()),
         }
@@ -241,7 +242,7 @@ class InfluenceEngine:
                 temp.cleanup()
         return influence, damping, settings, losses
 
-    def cleanup_checkpoint(self, checkpoint_dir: str | os.PathLike) -> None:
+    def cleanup_checkpoint(self) -> None:
         """Remove this process's checkpoint files (gradients, state) after the final result was saved."""
         acc = getattr(self, "_accumulator", None)
         if acc is None or acc.spill_dir is None:
@@ -250,8 +251,6 @@ class InfluenceEngine:
         for name in ("validation_gradients.safetensors", "validation.json", "losses.safetensors", "progress.json"):
             (path / name).unlink(missing_ok=True)
         acc.cleanup()
-        with contextlib.suppress(OSError):
-            Path(checkpoint_dir).rmdir()
 
 
 def _input_device(model: nn.Module) -> torch.device:
