@@ -101,6 +101,55 @@ def time_per_sample_loop(model, train, val, device):
     return time.perf_counter() - start
 
 
+def time_kronfluence(model, train, val, batch_size, device, strategies=("identity", "ekfac")):
+    """Fit + pairwise per-module scores with kronfluence (optional; install it in a separate environment)."""
+    import tempfile
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    from hf_layerif.data import InfluenceCollator
+    from hf_layerif.influence.capture import per_sample_loss
+
+    names = [n for n, _ in model.named_modules() if n.endswith(("lora_A.default", "lora_B.default"))]
+
+    class LMTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return per_sample_loss(logits, batch["labels"]).sum()
+
+        def compute_measurement(self, batch, model):
+            return self.compute_train_loss(batch, model)
+
+        def get_influence_tracked_modules(self):
+            return names
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    task = LMTask()
+    prepared = prepare_model(model, task)
+    timings = {}
+    with tempfile.TemporaryDirectory() as out:
+        analyzer = Analyzer(analysis_name="bench", model=prepared, task=task, output_dir=out, disable_tqdm=True,
+                            cpu=not device.startswith("cuda"))
+        analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=InfluenceCollator(0)))
+        for strategy in strategies:
+            sync(device)
+            start = time.perf_counter()
+            analyzer.fit_all_factors(factors_name=strategy, dataset=train, per_device_batch_size=batch_size,
+                                     factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
+            analyzer.compute_pairwise_scores(scores_name=f"scores_{strategy}", factors_name=strategy, query_dataset=val,
+                                             train_dataset=train, per_device_query_batch_size=batch_size,
+                                             per_device_train_batch_size=batch_size, overwrite_output_dir=True,
+                                             score_args=ScoreArguments(compute_per_module_scores=True))
+            sync(device)
+            timings[strategy] = time.perf_counter() - start
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small-llama", choices=["small-llama", "mistral-7b"])
@@ -111,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--skip_loop", action="store_true", help="skip the batch-size-1 loop (slow at 7B)")
+    parser.add_argument("--kronfluence", action="store_true", help="also time kronfluence identity/ekfac (if installed)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.device == "cpu":
@@ -138,6 +188,7 @@ def main() -> None:
     ours = time.perf_counter() - start
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     loop = None if args.skip_loop else time_per_sample_loop(model, train, val, args.device)
+    kron = time_kronfluence(model, train, val, args.batch_size, args.device) if args.kronfluence else {}
     figures = {
         "preset": args.preset, "device": args.device, "dtype": str(dtype), "n": args.n, "m": args.m, "seq": args.seq,
         "batch_size": args.batch_size, "num_blocks": scores.num_blocks,
@@ -145,6 +196,8 @@ def main() -> None:
         "ratio_to_floor": round(ours / floor, 3),
         "per_sample_loop_s": None if loop is None else round(loop, 3),
         "speedup_vs_per_sample_loop": None if loop is None else round(loop / ours, 2),
+        **{f"kronfluence_{k}_fit_score_s": round(v, 3) for k, v in kron.items()},
+        **{f"speedup_vs_kronfluence_{k}": round(v / ours, 2) for k, v in kron.items()},
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "peak_gpu_gb": None if peak_gpu is None else round(peak_gpu, 2),
         "torch": torch.__version__,

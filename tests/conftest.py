@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# keep caches (demo model, PL_Alpha_Hill) of the test run out of the user's cache folder
+os.environ["HF_LAYERIF_CACHE"] = tempfile.mkdtemp(prefix="hf-layerif-test-cache-")
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

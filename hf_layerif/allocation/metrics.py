@@ -10,6 +10,10 @@ The block value is the mean over the block's linear weights. Computed in float64
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -53,16 +57,50 @@ def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.
     return best_alpha
 
 
-def block_alpha_hill(model: nn.Module, block_pattern: str | None = None, progress: bool = False) -> list[float]:
-    """Mean PL_Alpha_Hill of the linear weights of each Transformer block (one SVD per matrix)."""
+def _linear_weights(block: nn.Module):
+    for sub_name, sub in block.named_modules():
+        if is_linear_like(sub) and not any(p.startswith(("lora_", "layerif_")) for p in sub_name.split(".")):
+            yield sub.weight
+
+
+def _cache_file(model: nn.Module, blocks, cache_dir) -> Path:
+    """A cache key from the model id, revision and a cheap fingerprint of every linear weight (shape, sums)."""
+    config = getattr(model, "config", None)
+    digest = hashlib.sha256()
+    digest.update(str(getattr(config, "_name_or_path", "")).encode())
+    digest.update(str(getattr(config, "_commit_hash", "")).encode())
+    for block in blocks.modules:
+        for weight in _linear_weights(block):
+            w = weight.detach()
+            digest.update(f"{tuple(w.shape)}:{float(w.double().sum()):.12e}:{float(w.double().abs().sum()):.12e}".encode())
+    root = Path(cache_dir) if cache_dir is not None else Path(
+        os.environ.get("HF_LAYERIF_CACHE") or Path.home() / ".cache" / "hf_layerif") / "alpha_hill"
+    return root / f"{digest.hexdigest()[:24]}.json"
+
+
+def block_alpha_hill(model: nn.Module, block_pattern: str | None = None, progress: bool = False, cache: bool = True,
+                     cache_dir: str | os.PathLike | None = None) -> list[float]:
+    """Mean PL_Alpha_Hill of the linear weights of each Transformer block (one SVD per matrix).
+
+    Results are cached (JSON) under ``$HF_LAYERIF_CACHE/alpha_hill`` keyed by the model id, revision and a
+    fingerprint of the weights, since the SVDs are the expensive part (about 48 minutes for LLaMA-7B on a CPU).
+    """
     from tqdm.auto import tqdm
 
+    from ..utils.io import read_json, write_json
+
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        model = model.get_base_model()
     blocks = find_transformer_blocks(model, block_pattern)
+    path = _cache_file(model, blocks, cache_dir) if cache else None
+    if path is not None and path.exists():
+        cached = read_json(path)
+        if cached.get("block_names") == blocks.names:
+            return list(cached["alpha_hill"])
     means = []
-    for _, block in tqdm(list(blocks), desc="PL_Alpha_Hill", disable=not progress):
-        values = []
-        for sub_name, sub in block.named_modules():
-            if is_linear_like(sub) and not any(p.startswith(("lora_", "layerif_")) for p in sub_name.split(".")):
-                values.append(pl_alpha_hill(sub.weight))
+    for block in tqdm(blocks.modules, desc="PL_Alpha_Hill", disable=not progress):
+        values = [pl_alpha_hill(weight) for weight in _linear_weights(block)]
         means.append(sum(values) / len(values))
+    if path is not None:
+        write_json(path, {"block_names": blocks.names, "alpha_hill": means, "metric": "PL_Alpha_Hill (xmin_peak)"})
     return means

@@ -70,7 +70,7 @@ def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_
 
 def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float = 0.3, smooth: bool | None = None,
                       params_per_block=None, method: str = "layerif", num_blocks: int | None = None,
-                      alpha_hill=None) -> list[float]:
+                      alpha_hill=None, outlier_ratios=None, owl_lambda: float = 0.08) -> list[float]:
     """Sparsity ratio per block whose parameter-weighted mean equals ``target_sparsity`` (to 1e-6 or better).
 
     Args:
@@ -79,14 +79,22 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         epsilon: half-width ε ∈ [0, 1) of the ratio band [S(1−ε), S(1+ε)] before the budget rescale.
         smooth: Savitzky–Golay smoothing (window 7, order 3); default on for ``layerif``, off for baselines.
         params_per_block: prunable parameters P_l of each block (default: equal).
-        method: ``"layerif"``, ``"uniform"`` (r_l = S) or ``"alphapruning"`` (block-mean PL_Alpha_Hill values
-            ``alpha_hill`` through the same map, no smoothing). OWL needs calibration data: see ``owl`` (later).
+        method: ``"layerif"``, ``"uniform"`` (r_l = S), ``"alphapruning"`` (block-mean PL_Alpha_Hill values
+            ``alpha_hill`` through the same map, no smoothing) or ``"owl"`` (``outlier_ratios`` = LOD per block
+            from :func:`hf_layerif.allocation.owl.layerwise_outlier_distribution`, spread ``owl_lambda``).
     Direction: a larger score (or PL_Alpha_Hill) gets a larger ratio (SPEC §3).
     """
     if not 0 < target_sparsity < 1:
         raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}.")
     if not 0 <= epsilon < 1:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}.")
+    if method == "owl":
+        if outlier_ratios is None:
+            raise ValueError("method='owl' needs outlier_ratios= (layerwise_outlier_distribution(model, calibration_ids)).")
+        from .owl import owl_ratios
+
+        lod = as_score_vector(outlier_ratios, num_blocks, "outlier_ratios")
+        return owl_ratios(lod, target_sparsity, owl_lambda)
     if method == "alphapruning":
         if alpha_hill is None:
             raise ValueError("method='alphapruning' needs alpha_hill= (block means of PL_Alpha_Hill).")
@@ -101,7 +109,7 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
             values = as_score_vector(scores, num_blocks)
         smooth = (method == "layerif") if smooth is None else smooth
     else:
-        raise ValueError(f"unknown method {method!r}; use 'layerif', 'uniform' or 'alphapruning'.")
+        raise ValueError(f"unknown method {method!r}; use 'layerif', 'uniform', 'alphapruning' or 'owl'.")
     L = values.size
     params = np.ones(L) if params_per_block is None else np.asarray(params_per_block, dtype=np.float64)
     if params.size != L or np.any(params <= 0):

@@ -167,6 +167,7 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
         "data": data_fp,
         "blocks": {"names": engine.blocks.names, "source": engine.blocks.source, "class": engine.blocks.block_class,
                    "pattern": engine.blocks.name_pattern(), "tracked_dims": engine.dims_per_block,
+                   "params_per_block": engine.blocks.linear_params_per_block(),
                    "tracked_modules": [[m.name for m in ms] for ms in engine.tracked]},
         "versions": library_versions(),
         "num_processes": 1 if accelerator is None else accelerator.num_processes,

@@ -1,0 +1,74 @@
+"""Calibration sequences the way the pruning papers draw them (SparseGPT / Wanda / OWL).
+
+``nsamples`` windows of ``seqlen`` tokens: with ``random.seed(seed)``, pick a random document whose tokenization
+is longer than ``seqlen`` and a random window inside it. The length is never derived from the model's
+``max_position_embeddings`` (32768 for Mistral would be a 32 GiB buffer).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+C4_HUB_ID = "allenai/c4"
+C4_FIRST_SHARD = "en/c4-train.00000-of-01024.json.gz"
+
+
+def _load_texts(source) -> list[str]:
+    if isinstance(source, (list, tuple)):
+        return [str(t) for t in source]
+    path = Path(str(source))
+    if path.exists():
+        from ..data.loading import load_any_dataset
+
+        ds = load_any_dataset(str(path))
+        column = "text" if "text" in ds.column_names else ds.column_names[0]
+        return [str(t) for t in ds[column]]
+    import datasets
+
+    if source in ("c4", C4_HUB_ID):
+        ds = datasets.load_dataset(C4_HUB_ID, data_files={"train": C4_FIRST_SHARD}, split="train")
+    else:
+        name, _, config = str(source).partition(":")
+        ds = datasets.load_dataset(name, config or None, split="train")
+    return [str(t) for t in ds["text"]]
+
+
+def get_calibration_data(tokenizer, source="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+                         max_tries: int = 100_000) -> torch.Tensor:
+    """Calibration token ids, shape [nsamples, seqlen] (long).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        source: ``"c4"`` (the shard the papers use, from the Hub), a local json/jsonl/txt/csv file or
+            ``save_to_disk`` folder (column ``text``), a Hub dataset id, or a list of strings.
+        nsamples, seqlen, seed: as in the papers (128 × 2048, seed 0).
+    Raises:
+        ValueError: when no document is longer than ``seqlen`` tokens (lower ``seqlen`` or use other data).
+    """
+    if nsamples < 1 or seqlen < 2:
+        raise ValueError("nsamples must be >= 1 and seqlen >= 2.")
+    texts = _load_texts(source)
+    if not texts:
+        raise ValueError(f"calibration source {source!r} has no text.")
+    rng = random.Random(seed)
+    lengths: dict[int, list[int]] = {}
+    samples = []
+    tries = 0
+    while len(samples) < nsamples:
+        tries += 1
+        if tries > max_tries:
+            longest = max((len(v) for v in lengths.values()), default=0)
+            raise ValueError(f"no calibration document is longer than seqlen={seqlen} tokens (longest seen: "
+                             f"{longest}); lower seqlen or give longer texts.")
+        i = rng.randint(0, len(texts) - 1)
+        if i not in lengths:
+            lengths[i] = list(tokenizer(texts[i])["input_ids"])
+        ids = lengths[i]
+        if len(ids) <= seqlen:
+            continue
+        start = rng.randint(0, len(ids) - seqlen - 1)
+        samples.append(ids[start:start + seqlen])
+    return torch.tensor(samples, dtype=torch.long)

@@ -1,0 +1,126 @@
+"""``hf-layerif allocate experts|sparsity``: allocations from saved scores (or a baseline), with a table and plot."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+KINDS = ("experts", "sparsity")
+
+
+@dataclass
+class AllocateArguments:
+    """Turn LayerIF scores (``--scores``, a folder written by ``hf-layerif score``) into an allocation, or compute
+    a baseline. ``alphalora``, ``alphapruning`` and ``owl`` read the model (``--model``)."""
+
+    scores: str | None = field(default=None, metadata={"help": "Folder with layerif_scores.json (hf-layerif score --output)."})
+    output: str = field(default="layerif-allocation", metadata={"help": "Output folder (layerif_allocation.json, allocation.png)."})
+    baseline: str | None = field(default=None, metadata={"help": "experts: uniform, 2468, 5555, 8642, 1234, 46810, alphalora; "
+                                                                  "sparsity: uniform, owl, alphapruning."})
+    model: str | None = field(default=None, metadata={"help": "Model path or Hub id (needed by alphalora/alphapruning/owl)."})
+    revision: str | None = field(default=None, metadata={"help": "Model revision."})
+    aggregation: str | None = field(default=None, metadata={"help": "Block-score aggregation (default: the one the scores were made with)."})
+    total: int | None = field(default=None, metadata={"help": "experts: total number of experts T."})
+    alpha: float = field(default=1.0, metadata={"help": "experts: exponent of the power transform."})
+    sparsity: float | None = field(default=None, metadata={"help": "sparsity: global target sparsity S."})
+    epsilon: float = field(default=0.3, metadata={"help": "sparsity: ratio band half-width ε."})
+    no_smooth: bool = field(default=False, metadata={"help": "sparsity: no Savitzky-Golay smoothing of LayerIF scores."})
+    owl_lambda: float = field(default=0.08, metadata={"help": "sparsity/owl: spread λ."})
+    calibration: str = field(default="c4", metadata={"help": "sparsity/owl: calibration data (c4, a file, or a Hub id)."})
+    nsamples: int = field(default=128, metadata={"help": "sparsity/owl: calibration sequences."})
+    seqlen: int = field(default=2048, metadata={"help": "sparsity/owl: tokens per calibration sequence."})
+    seed: int = field(default=0, metadata={"help": "sparsity/owl: calibration sampling seed."})
+    device: str | None = field(default=None, metadata={"help": "Device for model-based baselines."})
+
+
+def _load_model(args: AllocateArguments):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.model is None:
+        raise SystemExit(f"--baseline {args.baseline} reads the model: pass --model.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(args.model, revision=args.revision, dtype="auto").to(device).eval()
+    return model, AutoTokenizer.from_pretrained(args.model, revision=args.revision)
+
+
+def run(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    if not argv or argv[0] not in KINDS:
+        raise SystemExit(f"usage: hf-layerif allocate {{{','.join(KINDS)}}} [options]; `hf-layerif allocate experts --help`")
+    kind = argv.pop(0)
+    parser = HfArgumentParser(AllocateArguments, prog=f"hf-layerif allocate {kind}")
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return allocate(kind, args)
+
+
+def allocate(kind: str, args: AllocateArguments) -> int:
+    from ..allocation import (
+        block_alpha_hill,
+        expert_allocation,
+        plot_allocations,
+        sparsity_allocation,
+    )
+    from ..influence.scores import LayerInfluenceScores
+
+    scores = LayerInfluenceScores.from_pretrained(args.scores) if args.scores else None
+    if scores is not None and args.aggregation:
+        scores.arguments["aggregation"] = args.aggregation
+    method = args.baseline or "layerif"
+    if method == "layerif" and scores is None:
+        raise SystemExit("pass --scores (a folder from `hf-layerif score`) or a --baseline.")
+    needs_model = method in ("alphalora", "alphapruning", "owl") or scores is None
+    model = tokenizer = None
+    if needs_model:
+        model, tokenizer = _load_model(args)
+    allocations = []
+    if kind == "experts":
+        if args.total is None:
+            raise SystemExit("--total is required for expert allocation.")
+        hill = block_alpha_hill(model, progress=True) if method == "alphalora" else None
+        chosen = expert_allocation(scores, args.total, model=model, alpha=args.alpha,
+                                   method=method, alpha_hill=hill)
+        if method != "layerif" and scores is not None:
+            allocations.append(expert_allocation(scores, args.total, alpha=args.alpha))
+    else:
+        if args.sparsity is None:
+            raise SystemExit("--sparsity is required for sparsity allocation.")
+        extra = {}
+        if method == "alphapruning":
+            extra["alpha_hill"] = block_alpha_hill(model, progress=True)
+        elif method == "owl":
+            from ..allocation.owl import layerwise_outlier_distribution
+            from ..calibration import get_calibration_data
+
+            ids = get_calibration_data(tokenizer, args.calibration, args.nsamples, args.seqlen, args.seed)
+            extra["outlier_ratios"] = layerwise_outlier_distribution(model, ids)
+        chosen = sparsity_allocation(scores, args.sparsity, model=model, epsilon=args.epsilon,
+                                     smooth=False if args.no_smooth else None, method=method,
+                                     owl_lambda=args.owl_lambda, **extra)
+        if method != "layerif" and scores is not None:
+            allocations.append(sparsity_allocation(scores, args.sparsity, epsilon=args.epsilon,
+                                                   smooth=False if args.no_smooth else None))
+    allocations.append(chosen)
+    path = chosen.save_pretrained(args.output)
+    print(format_allocation_table(allocations))
+    if chosen.kind == "sparsity":
+        print(f"achieved global sparsity (parameter-weighted): {chosen.achieved_sparsity:.6f} "
+              f"(target {chosen.hyperparameters['target_sparsity']})")
+    png = plot_allocations(allocations, os.path.join(args.output, "allocation.png"))
+    print(f"allocation: {path}\nplot: {png}")
+    return 0
+
+
+def format_allocation_table(allocations) -> str:
+    first = allocations[0]
+    names = first.model["block_names"]
+    width = max(len("block"), *(len(n) for n in names))
+    header = f"{'block':<{width}}" + "".join(f"  {a.method:>12}" for a in allocations)
+    lines = [header]
+    for i, name in enumerate(names):
+        cells = "".join(f"  {a.values[i]:>12}" if a.kind == "experts" else f"  {a.values[i]:>12.4f}" for a in allocations)
+        lines.append(f"{name:<{width}}{cells}")
+    if first.kind == "experts":
+        lines.append(f"{'total':<{width}}" + "".join(f"  {sum(a.values):>12}" for a in allocations))
+    return "\n".join(lines)
