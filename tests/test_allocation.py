@@ -111,7 +111,7 @@ def test_sparsity_edge_cases():
         allocate_sparsity([1.0, float("inf")], 0.5)
 
 
-def ref_alpha_hill(W):
+def ref_alpha_hill(W, mode="peak"):
     lam = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
     lam = lam[lam > 0]
     N = len(lam)
@@ -119,8 +119,8 @@ def ref_alpha_hill(W):
     counts, edges = np.histogram(logs, bins=100, range=(logs.min(), logs.max()))
     peak = 10 ** edges[np.argmax(counts)]
     best = (np.inf, None)
-    for i in range(N - 1):
-        if lam[i] > 1.5 * peak:
+    for i in ([N // 2] if mode == "mid" else range(N - 1)):
+        if mode == "peak" and lam[i] > 1.5 * peak:
             break
         n = N - i
         alpha = 1 + n / (np.sum(np.log(lam[i:])) - n * np.log(lam[i]))
@@ -134,7 +134,8 @@ def ref_alpha_hill(W):
 def test_pl_alpha_hill_matches_reference(shape):
     gen = np.random.default_rng(sum(shape))
     W = gen.standard_t(3, size=shape)  # heavy-tailed entries
-    assert pl_alpha_hill(torch.from_numpy(W)) == pytest.approx(ref_alpha_hill(W), rel=1e-10)
+    for mode in ("peak", "scan", "mid"):
+        assert pl_alpha_hill(torch.from_numpy(W), xmin=mode, chunk=7) == pytest.approx(ref_alpha_hill(W, mode), rel=1e-10)
 
 
 def test_pl_alpha_hill_on_stories260k_is_finite():

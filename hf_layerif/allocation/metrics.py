@@ -27,8 +27,17 @@ def esd(weight: torch.Tensor) -> torch.Tensor:
     return lam[lam > 0]
 
 
-def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.5) -> float:
-    """PL_Alpha_Hill of one matrix (``xmin_peak`` choice of xmin, minimum KS distance)."""
+def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.5, xmin: str = "peak",
+                  chunk: int = 256) -> float:
+    """PL_Alpha_Hill of one matrix.
+
+    Args:
+        xmin: how xmin is chosen: ``"peak"`` (AlphaPruning's default: candidates ≤ ``peak_factor`` × the histogram
+            peak, minimum KS distance), ``"scan"`` (every candidate, minimum KS distance; weightwatcher's default
+            fit) or ``"mid"`` (xmin = λ_{N/2}, no search).
+    """
+    if xmin not in ("peak", "scan", "mid"):
+        raise ValueError(f"xmin must be 'peak', 'scan' or 'mid', got {xmin!r}")
     lam = esd(weight)
     N = lam.numel()
     if N < 2:
@@ -40,21 +49,28 @@ def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.
     ln = torch.log(lam)
     # suffix sums of ln λ: S_i = Σ_{j≥i} ln λ_j
     suffix = torch.flip(torch.cumsum(torch.flip(ln, [0]), 0), [0])
-    best_alpha, best_d = None, float("inf")
-    for i in range(N - 1):
-        xmin = float(lam[i])
-        if xmin > peak_factor * peak:
-            break
-        n = N - i
-        alpha = 1.0 + n / float(suffix[i] - n * ln[i])
-        tail = lam[i:]
-        j = torch.arange(n, dtype=torch.float64, device=lam.device)
-        d = float(torch.max(torch.abs(1 - (tail / xmin) ** (1 - alpha) - j / n)))
-        if d < best_d:
-            best_alpha, best_d = alpha, d
-    if best_alpha is None:
-        raise ValueError("no xmin candidate below 1.5 × the histogram peak")
-    return best_alpha
+    if xmin == "mid":
+        idx = torch.tensor([N // 2], device=lam.device)
+    elif xmin == "scan":
+        idx = torch.arange(N - 1, device=lam.device)
+    else:
+        # λ is ascending, so the candidates at or below the bound are a prefix (AlphaPruning stops at the first above)
+        idx = torch.nonzero(lam[: N - 1] <= peak_factor * peak).flatten()
+    if idx.numel() == 0:
+        raise ValueError(f"no xmin candidate below {peak_factor} × the histogram peak")
+    n = (N - idx).to(torch.float64)
+    alphas = 1.0 + n / (suffix[idx] - n * ln[idx])
+    k = torch.arange(N, device=lam.device)
+    best_d = torch.empty(idx.numel(), dtype=torch.float64, device=lam.device)
+    for start in range(0, idx.numel(), chunk):  # KS distances, [chunk, N] at a time
+        i = idx[start:start + chunk, None]
+        a = alphas[start:start + chunk, None]
+        nn_ = n[start:start + chunk, None]
+        j = (k[None, :] - i).to(torch.float64)
+        ratio = lam[None, :] / lam[i]
+        dist = torch.abs(1 - ratio ** (1 - a) - j / nn_)
+        best_d[start:start + chunk] = torch.where(j >= 0, dist, torch.zeros_like(dist)).amax(dim=1)
+    return float(alphas[int(torch.argmin(best_d))])
 
 
 def _linear_weights(block: nn.Module):
