@@ -19,7 +19,25 @@ from .influence.scores import LayerInfluenceScores
 
 
 class LayerInfluenceTrainer(Trainer):
-    """A ``Trainer`` with :meth:`compute_layer_influence`. Training itself is unchanged."""
+    """A ``Trainer`` with :meth:`compute_layer_influence`.
+
+    Training a LayerIF LoRA-MoE adapter: the router losses are added to the task loss by the model and scaled for
+    gradient accumulation (a :class:`~hf_layerif.LayerIFRouterCallback` is added automatically), and the logs
+    carry ``router/aux_loss`` and per-module expert-load entropy and max share.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from .tuners.callback import LayerIFRouterCallback, find_layerif_model
+
+        self._layerif_tuner = find_layerif_model(self.model)
+        if self._layerif_tuner is not None:
+            self.add_callback(LayerIFRouterCallback(log_statistics=False))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if getattr(self, "_layerif_tuner", None) is not None and "loss" in logs:
+            logs = {**logs, **self._layerif_tuner.router_statistics()}
+        super().log(logs, *args, **kwargs)
 
     def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,
                                 output_dir: str | os.PathLike | None = None, progress: bool = True,

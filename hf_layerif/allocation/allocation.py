@@ -201,6 +201,12 @@ class Allocation:
             raise ValueError(f"This allocation was made for {made_for!r} and does not fit the given model: "
                              + "; ".join(problems) + ". Compute an allocation for this model.")
 
+    def to_peft_config(self, **lora_kwargs):
+        """The :class:`~hf_layerif.LayerIFConfig` of this expert allocation (``experts_per_layer`` = values)."""
+        from ..tuners.config import LayerIFConfig
+
+        return LayerIFConfig.from_allocation(self, **lora_kwargs)
+
     def ratios_for(self, model: nn.Module) -> dict[str, float]:
         """Sparsity ratio of every prunable linear module (full module names of ``model``), block-wise mapping."""
         if self.kind != "sparsity":

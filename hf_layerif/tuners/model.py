@@ -1,0 +1,196 @@
+"""``LayerIFModel``: the PEFT tuner that injects LoRA-MoE layers with a per-block number of experts."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from ..models.blocks import find_transformer_blocks
+from ..utils.logging import get_logger
+from .config import LayerIFConfig
+from .layer import LayerIFLayer, Linear
+from .peft_type import PREFIX
+
+logger = get_logger(__name__)
+
+
+class LayerIFModel(BaseTuner):
+    """Creates a LoRA mixture of experts from a transformers model (use through ``peft.get_peft_model``).
+
+    Expert counts: ``experts_pattern`` (regex on the module name) first, then ``experts_per_layer[l]`` for a
+    module inside Transformer block l, else ``num_experts``.
+
+    Training: in train mode, when the model's forward receives ``labels`` and returns a loss, the router losses
+    (:meth:`router_loss`) are added to it. With gradient accumulation and a Trainer that passes
+    ``num_items_in_batch`` (the task loss is then already normalised over the accumulated micro-batches), the
+    router loss is divided by the number of accumulation steps set with :meth:`set_gradient_accumulation_steps`
+    — :class:`hf_layerif.tuners.LayerIFRouterCallback` and :class:`hf_layerif.LayerInfluenceTrainer` do that.
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = LayerIFLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, **kwargs) -> None:
+        self._block_prefixes: list[str] | None = None
+        self.gradient_accumulation_steps: int | None = None
+        self.add_router_loss = True
+        self._warned: set[str] = set()
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+        # a hook on the wrapped model, so the router loss is added however the PeftModel class calls it
+        self._router_loss_hook = self.model.register_forward_hook(self._add_router_loss, with_kwargs=True)
+
+    # --- injection --------------------------------------------------------------------------------------------
+    def _prepare_adapter_config(self, peft_config: LayerIFConfig, model_config: dict) -> LayerIFConfig:
+        if peft_config.target_modules is None:
+            peft_config.target_modules = "all-linear"
+        return peft_config
+
+    def _prepare_model(self, peft_config: LayerIFConfig, model: nn.Module) -> None:
+        blocks = find_transformer_blocks(model)
+        self._block_prefixes = [name + "." for name in blocks.raw_names]
+        if peft_config.experts_per_layer is not None and len(peft_config.experts_per_layer) != len(blocks):
+            raise ValueError(
+                f"experts_per_layer has {len(peft_config.experts_per_layer)} entries but the model has {len(blocks)} "
+                f"Transformer blocks ({blocks.names[0]} ... {blocks.names[-1]}). Give one count per block, e.g. from "
+                "hf_layerif.allocation.expert_allocation(scores, total_experts) computed on this model."
+            )
+
+    def block_index(self, key: str) -> int | None:
+        """The Transformer block that module ``key`` belongs to (None outside the blocks)."""
+        for index, prefix in enumerate(self._block_prefixes or []):
+            if key.startswith(prefix):
+                return index
+        return None
+
+    def experts_for(self, config: LayerIFConfig, key: str) -> int:
+        for pattern, count in config.experts_pattern.items():
+            if re.match(rf"(.*\.)?({pattern})$", key):
+                return int(count)
+        index = self.block_index(key)
+        if config.experts_per_layer is not None and index is not None:
+            return int(config.experts_per_layer[index])
+        return int(config.num_experts)
+
+    def _create_and_replace(self, peft_config: LayerIFConfig, adapter_name: str, target: nn.Module, target_name: str,
+                            parent: nn.Module, current_key: str, parameter_name: str | None = None, **kwargs) -> None:
+        if current_key is None:
+            raise ValueError("current_key must be given")
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        weight = getattr(base, "weight", None)
+        if weight is not None and weight.device.type == "meta":
+            raise ValueError(
+                f"{current_key} has its weights on the 'meta' device (offloaded with accelerate). Adapters injected "
+                "there would compute on uninitialised memory. Load the model without CPU/disk offload (or with "
+                "device_map onto real devices) before get_peft_model."
+            )
+        experts = self.experts_for(peft_config, current_key)
+        args = dict(r=peft_config.r, lora_alpha=peft_config.lora_alpha, lora_dropout=peft_config.lora_dropout,
+                    num_experts=experts, top_k=peft_config.top_k, router_init_std=peft_config.router_init_std)
+        if isinstance(target, LayerIFLayer):
+            target.update_layer(adapter_name, **args)
+            return
+        if not (hasattr(base, "in_features") and hasattr(base, "out_features")) or isinstance(base, nn.Embedding):
+            raise TypeError(f"LayerIF adapts linear layers only; {current_key} is a {type(base).__name__}. "
+                            "Restrict target_modules to linear projections.")
+        new_module = Linear(target, adapter_name, **args)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    # --- router losses ----------------------------------------------------------------------------------------
+    def moe_layers(self) -> list[tuple[str, Linear]]:
+        return [(n, m) for n, m in self.model.named_modules()
+                if isinstance(m, Linear) and any(m.num_experts.get(a, 1) > 1 for a in m.active_adapters)]
+
+    def router_loss(self) -> torch.Tensor:
+        """router_aux_loss_coef × mean load-balancing loss + router_z_loss_coef × mean z-loss over routed modules
+        (from their last forward; a scalar tensor with gradient, 0 without routed modules)."""
+        adapter = self.active_adapters[0]
+        config = self.peft_config[adapter]
+        aux, z = [], []
+        for _, module in self.moe_layers():
+            state = module.router_state.get(adapter)
+            if state is not None:
+                aux.append(state["aux"])
+                z.append(state["z"])
+        if not aux:
+            return torch.zeros(())
+        loss = config.router_aux_loss_coef * torch.stack(aux).mean()
+        if config.router_z_loss_coef:
+            loss = loss + config.router_z_loss_coef * torch.stack(z).mean()
+        return loss
+
+    def router_statistics(self) -> dict[str, float]:
+        """Mean load-balancing loss, and per routed module the normalised entropy and max share of the expert
+        load accumulated since the last call (the counters are then reset)."""
+        adapter = self.active_adapters[0]
+        stats: dict[str, float] = {}
+        aux_values = []
+        for name, module in self.moe_layers():
+            state = module.router_state.get(adapter)
+            if state is None:
+                continue
+            aux_values.append(float(state["aux"].detach()))
+            counts = module.__dict__.setdefault("_load_since_log", {}).pop(adapter, None)
+            if counts is None:
+                counts = state["counts"].float()
+            share = counts / counts.sum().clamp_min(1)
+            entropy = float(-(share * share.clamp_min(1e-12).log()).sum() / torch.log(torch.tensor(float(len(share)))))
+            short = name.replace("base_model.model.", "")
+            stats[f"router/{short}/entropy"] = entropy
+            stats[f"router/{short}/max_share"] = float(share.max())
+        if aux_values:
+            stats["router/aux_loss"] = sum(aux_values) / len(aux_values)
+        return stats
+
+    def set_gradient_accumulation_steps(self, steps: int) -> None:
+        """Accumulation steps used to scale the router loss when the task loss is normalised over them."""
+        if steps < 1:
+            raise ValueError("gradient accumulation steps must be >= 1")
+        self.gradient_accumulation_steps = int(steps)
+
+    def _warn_reentrant_checkpointing(self) -> None:
+        for module in self.model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) and func is not None:
+                if getattr(func, "keywords", {}).get("use_reentrant", True) and "reentrant" not in self._warned:
+                    self._warned.add("reentrant")
+                    logger.warning(
+                        "Reentrant gradient checkpointing runs the first forward without gradients, so the router "
+                        "load-balancing loss gets no gradient. Enable checkpointing with "
+                        "gradient_checkpointing_kwargs={'use_reentrant': False}."
+                    )
+                return
+
+    def _add_router_loss(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], outputs):
+        """Forward hook on the wrapped transformers model (runs whichever PeftModel class called it)."""
+        if not (module.training and self.add_router_loss and kwargs.get("labels") is not None):
+            return outputs
+        loss = getattr(outputs, "loss", None)
+        if loss is None or not self.moe_layers():
+            return outputs
+        self._warn_reentrant_checkpointing()
+        router = self.router_loss().to(loss.device)
+        if kwargs.get("num_items_in_batch") is not None:
+            if self.gradient_accumulation_steps is None:
+                if "accumulation" not in self._warned:
+                    self._warned.add("accumulation")
+                    logger.warning(
+                        "The task loss is normalised over gradient-accumulation steps (num_items_in_batch), but the "
+                        "router loss does not know their number and counts once per micro-batch. Use "
+                        "hf_layerif.LayerInfluenceTrainer, add hf_layerif.LayerIFRouterCallback() to your "
+                        "Trainer's callbacks, or call set_gradient_accumulation_steps()."
+                    )
+            else:
+                router = router / self.gradient_accumulation_steps
+        for _, layer in self.moe_layers():
+            for adapter, state in layer.router_state.items():
+                store = layer.__dict__.setdefault("_load_since_log", {})
+                store[adapter] = store.get(adapter, 0) + state["counts"].float()
+        outputs.loss = loss + router
+        return outputs
