@@ -120,7 +120,7 @@ def test_disable_adapter_gives_base_and_merge_is_refused():
 def test_router_loss_is_one_for_uniform_routing_and_added_in_training():
     from hf_layerif.tuners.layer import LayerIFLayer
 
-    E, N, k = 4, 8, 2
+    E, N = 4, 8
     probs = torch.full((N, E), 1.0 / E)
     top_i = torch.tensor([[e % E, (e + 1) % E] for e in range(N)])
     assert float(LayerIFLayer.load_balancing_loss(top_i, probs, E)) == pytest.approx(1.0)
