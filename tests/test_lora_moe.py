@@ -63,11 +63,13 @@ def test_sparse_dispatch_equals_dense_reference_and_gradients_flow(name):
     counts = sorted({m.num_experts["default"] for m in layers})
     assert counts == [1, 2, 3, 4]
     ids = _ids()
-    sparse = model(input_ids=ids).logits
-    for m in layers:
-        m.dispatch = "dense"
-    dense = model(input_ids=ids).logits
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    outputs = {}
+    for mode in ("dense", "sparse", "gated", "auto"):
+        for m in layers:
+            m.dispatch = mode
+        outputs[mode] = model(input_ids=ids).logits
+    for mode in ("sparse", "gated", "auto"):
+        torch.testing.assert_close(outputs[mode], outputs["dense"], rtol=1e-5, atol=1e-6)
     for m in layers:
         m.dispatch = "sparse"
     model.train()
@@ -82,6 +84,21 @@ def test_sparse_dispatch_equals_dense_reference_and_gradients_flow(name):
         used = m.router_state["default"]["counts"] > 0
         assert bool((grad_b.flatten(1).abs().sum(1)[used] > 0).all()), "every expert that got tokens gets gradient"
         assert m.layerif_router["default"].weight.grad.abs().sum() > 0
+
+
+def test_gated_and_sparse_paths_give_the_same_gradients():
+    grads = {}
+    for mode in ("sparse", "gated"):
+        model = _moe(router_z_loss_coef=0.1)
+        for m in model.modules():
+            if isinstance(m, MoELinear):
+                m.dispatch = mode
+        model.train()
+        ids = _ids(seed=5)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[mode] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, grad in grads["sparse"].items():
+        torch.testing.assert_close(grads["gated"][name], grad, rtol=1e-4, atol=1e-6)
 
 
 def test_one_expert_blocks_equal_plain_lora():

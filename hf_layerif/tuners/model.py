@@ -90,7 +90,8 @@ class LayerIFModel(BaseTuner):
             )
         experts = self.experts_for(peft_config, current_key)
         args = dict(r=peft_config.r, lora_alpha=peft_config.lora_alpha, lora_dropout=peft_config.lora_dropout,
-                    num_experts=experts, top_k=peft_config.top_k, router_init_std=peft_config.router_init_std)
+                    num_experts=experts, top_k=peft_config.top_k, router_init_std=peft_config.router_init_std,
+                    router_z_loss=peft_config.router_z_loss_coef > 0)
         if isinstance(target, LayerIFLayer):
             target.update_layer(adapter_name, **args)
             return
@@ -117,11 +118,12 @@ class LayerIFModel(BaseTuner):
             state = module.router_state.get(adapter)
             if state is not None:
                 aux.append(state["aux"])
-                z.append(state["z"])
+                if state["z"] is not None:
+                    z.append(state["z"])
         if not aux:
             return torch.zeros(())
         loss = config.router_aux_loss_coef * torch.stack(aux).mean()
-        if config.router_z_loss_coef:
+        if config.router_z_loss_coef and z:
             loss = loss + config.router_z_loss_coef * torch.stack(z).mean()
         return loss
 
