@@ -13,32 +13,38 @@ PEFT_TYPE_NAME = "LAYERIF"
 PREFIX = "layerif_"
 
 
+def add_str_enum_member(enum_cls, name: str):
+    """Add member ``name`` (value ``name``) to the ``str``-mixin enum ``enum_cls`` exactly as the enum machinery
+    would have created it; returns the member (the existing one when present)."""
+    existing = enum_cls.__members__.get(name)
+    if existing is not None:
+        return existing
+    member = str.__new__(enum_cls, name)
+    member._name_ = name
+    member._value_ = name
+    member.__objclass__ = enum_cls
+    member.__init__(name)
+    # the attribute first: EnumType.__setattr__ refuses to reassign names already in _member_map_
+    type.__setattr__(enum_cls, name, member)
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[name] = member
+    enum_cls._member_names_.append(name)
+    if enum_cls(name) is not member or name not in [m.value for m in enum_cls]:
+        raise RuntimeError(f"{enum_cls.__name__}.{name} was not registered correctly; the enum internals changed.")
+    return member
+
+
 def ensure_peft_type():
     """Return ``PeftType.LAYERIF``, creating the enum member on first call."""
     from peft.utils.peft_types import PeftType
 
-    existing = PeftType.__members__.get(PEFT_TYPE_NAME)
-    if existing is not None:
-        return existing
     try:
-        member = str.__new__(PeftType, PEFT_TYPE_NAME)
-        member._name_ = PEFT_TYPE_NAME
-        member._value_ = PEFT_TYPE_NAME
-        member.__objclass__ = PeftType
-        member.__init__(PEFT_TYPE_NAME)
-        # attribute first: EnumType.__setattr__ refuses to reassign names already in _member_map_
-        type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
-        PeftType._member_map_[PEFT_TYPE_NAME] = member
-        PeftType._value2member_map_[PEFT_TYPE_NAME] = member
-        PeftType._member_names_.append(PEFT_TYPE_NAME)
-    except (AttributeError, TypeError) as err:  # pragma: no cover - depends on peft / Python internals
+        return add_str_enum_member(PeftType, PEFT_TYPE_NAME)
+    except (AttributeError, TypeError, RuntimeError) as err:  # pragma: no cover - depends on peft / Python internals
         raise RuntimeError(
             "hf-layerif could not add LAYERIF to peft.utils.peft_types.PeftType (written for peft 0.21 on Python "
             f"3.10-3.13): {err}. Install a supported peft version (pip install 'peft>=0.21,<0.22')."
         ) from err
-    if PeftType(PEFT_TYPE_NAME) is not member or PEFT_TYPE_NAME not in [m.value for m in PeftType]:
-        raise RuntimeError("PeftType.LAYERIF was not registered correctly; peft's enum internals changed.")
-    return member
 
 
 def register() -> None:
