@@ -1,0 +1,8 @@
+"""Pruning with per-block sparsity: Magnitude, Wanda, SparseGPT (SPEC §7)."""
+
+from .config import PruningConfig
+from .evaluation import perplexity
+from .pruner import LayerIFPruner
+from .report import PruningReport
+
+__all__ = ["PruningConfig", "LayerIFPruner", "PruningReport", "perplexity"]

@@ -1,0 +1,117 @@
+"""``PruningConfig``: what to prune and how, a dataclass that saves and loads as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..utils.io import read_json, write_json
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+STRUCTURES = ("unstructured", "2:4", "4:8")
+NAMED_ALLOCATIONS = ("uniform", "owl", "alphapruning")
+PRUNING_CONFIG_FILE = "pruning_config.json"
+
+
+@dataclass
+class PruningConfig:
+    """Pruning to a global sparsity with per-block ratios (SPEC §5, §7).
+
+    Args:
+        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        sparsity: global target sparsity S in (0, 1) over the blocks' linear weights.
+        allocation: per-block ratios: ``None`` / ``"uniform"`` (S everywhere), ``"owl"``, ``"alphapruning"``, an
+            :class:`~hf_layerif.allocation.Allocation` (e.g. from LayerIF scores), a folder or file with
+            ``layerif_allocation.json``, or ``LayerInfluenceScores`` (mapped with ``epsilon``).
+        epsilon: ratio band half-width for score-based allocations (LayerIF, AlphaPruning).
+        structure: ``"unstructured"``, ``"2:4"`` or ``"4:8"``. N:M fixes every layer's sparsity at n/m, so it
+            excludes per-block ratios (a clear error says so).
+        nsamples, seqlen, seed, calibration: calibration data as the papers (128 × 2048 tokens of C4, seed 0);
+            ``calibration`` is ``"c4"``, a local file, a Hub dataset id, or given to ``prune()`` directly.
+        batch_size: calibration sequences per forward.
+        activation_device / activation_dtype: where block inputs are kept (e.g. ``"cpu"`` / ``"bfloat16"``).
+        blocksize, percdamp: SparseGPT column block size and dampening (fraction of mean diag H).
+        owl_lambda, owl_m: OWL's spread λ and outlier threshold M.
+    """
+
+    method: str = field(default="wanda", metadata={"help": f"One of {METHODS}."})
+    sparsity: float = field(default=0.5, metadata={"help": "Global target sparsity."})
+    allocation: Any = field(default=None, metadata={"help": "uniform | owl | alphapruning | allocation folder."})
+    epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
+    structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
+    nsamples: int = field(default=128, metadata={"help": "Calibration sequences."})
+    seqlen: int = field(default=2048, metadata={"help": "Tokens per calibration sequence."})
+    seed: int = field(default=0, metadata={"help": "Calibration sampling seed."})
+    calibration: str = field(default="c4", metadata={"help": "Calibration data: c4, a file or a Hub dataset id."})
+    batch_size: int = field(default=1, metadata={"help": "Calibration sequences per forward."})
+    activation_device: str | None = field(default=None, metadata={"help": "Where block inputs live (e.g. cpu)."})
+    activation_dtype: str | None = field(default=None, metadata={"help": "dtype of stored block inputs (e.g. bfloat16)."})
+    blocksize: int = field(default=128, metadata={"help": "SparseGPT column block size."})
+    percdamp: float = field(default=0.01, metadata={"help": "SparseGPT dampening (fraction of mean diag H)."})
+    owl_lambda: float = field(default=0.08, metadata={"help": "OWL spread lambda."})
+    owl_m: float = field(default=5.0, metadata={"help": "OWL outlier threshold M."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}; choose one of {METHODS}.")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure={self.structure!r}; choose one of {STRUCTURES}.")
+        if not 0 < self.sparsity < 1:
+            raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}.")
+        if not 0 <= self.epsilon < 1:
+            raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}.")
+        if self.nsamples < 1 or self.seqlen < 2 or self.batch_size < 1:
+            raise ValueError("nsamples, batch_size must be >= 1 and seqlen >= 2.")
+        if self.nm is not None:
+            n, m = self.nm
+            if abs(self.sparsity - n / m) > 1e-9:
+                raise ValueError(f"structure {self.structure} prunes exactly {n}/{m} of every layer; set sparsity={n / m} "
+                                 "or use structure='unstructured'.")
+            if self.allocation not in (None, "uniform"):
+                raise ValueError(
+                    f"structure {self.structure} fixes every layer's sparsity at {n}/{m}, so per-block ratios "
+                    f"(allocation={self.allocation if isinstance(self.allocation, str) else type(self.allocation).__name__}) "
+                    "cannot apply: pruning some layers N:M and others to other ratios has no common definition of the "
+                    "global budget. Use structure='unstructured' with an allocation, or allocation='uniform' with N:M."
+                )
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        if self.structure == "unstructured":
+            return None
+        n, m = (int(x) for x in self.structure.split(":"))
+        return n, m
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self) if not _is_object(self.allocation) else {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "allocation"},
+            "allocation": _describe_allocation(self.allocation)}
+        return data
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / PRUNING_CONFIG_FILE
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> PruningConfig:
+        path = Path(directory)
+        data = read_json(path / PRUNING_CONFIG_FILE if path.is_dir() else path)
+        known = {f.name for f in dataclasses.fields(cls)}
+        allocation = data.get("allocation")
+        if isinstance(allocation, dict):  # an Allocation object was used: it is saved next to the config
+            data["allocation"] = str(Path(directory)) if Path(directory).is_dir() else None
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_object(value) -> bool:
+    return value is not None and not isinstance(value, str)
+
+
+def _describe_allocation(value) -> dict[str, Any]:
+    if hasattr(value, "kind") and hasattr(value, "method"):
+        return {"type": "Allocation", "method": value.method, "file": "layerif_allocation.json"}
+    return {"type": type(value).__name__}

@@ -1,0 +1,53 @@
+"""Perplexity the way SparseGPT / Wanda compute it: the test text joined with ``"\\n\\n"`` and tokenized once,
+then non-overlapping windows of ``seqlen`` tokens; ppl = exp(Σ window NLL · seqlen / (windows · seqlen))."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def load_wikitext2_test(source: str | None = None) -> str:
+    """WikiText-2-raw test text joined with ``"\\n\\n"``: from a local jsonl (``{"text": ...}`` rows), a text file
+    (already joined), or the Hub (``wikitext``, ``wikitext-2-raw-v1``)."""
+    if source is not None and Path(source).exists():
+        path = Path(source)
+        if path.suffix == ".jsonl":
+            import json
+
+            return "\n\n".join(json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line)
+        return path.read_text(encoding="utf-8")
+    import datasets
+
+    rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+    return "\n\n".join(rows)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str | None = None, seqlen: int = 2048, input_ids: torch.Tensor | None = None,
+               max_windows: int | None = None, batch_size: int = 1) -> float:
+    """Perplexity over non-overlapping ``seqlen`` windows of the tokenized ``text`` (or given ``input_ids`` [1, T])."""
+    if input_ids is None:
+        if text is None:
+            raise ValueError("pass text= or input_ids=")
+        input_ids = tokenizer(text, return_tensors="pt").input_ids
+    windows = input_ids.numel() // seqlen
+    if max_windows is not None:
+        windows = min(windows, max_windows)
+    if windows == 0:
+        raise ValueError(f"the text has {input_ids.numel()} tokens, fewer than seqlen={seqlen}.")
+    ids = input_ids.reshape(-1)[: windows * seqlen].view(windows, seqlen)
+    device = next(p for p in model.parameters() if p.device.type != "meta").device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, windows, batch_size):
+        batch = ids[start:start + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                 reduction="none").view(batch.shape[0], -1).mean(1)
+        total += float(loss.sum()) * seqlen
+    model.train(was_training)
+    return math.exp(total / (windows * seqlen))

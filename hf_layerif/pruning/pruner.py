@@ -1,0 +1,223 @@
+"""``LayerIFPruner``: prune a model to a global sparsity with per-block ratios, block by block (Optimum-style).
+
+Calibration runs block-sequentially (:class:`~hf_layerif.calibration.BlockSequentialRunner`): block l's
+statistics come from the outputs of the already pruned blocks < l, and only one block's calibration activations
+are held at a time. Models dispatched with ``device_map`` and CPU-offloaded models (weights written back into the
+offload map) both work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..calibration import BlockSequentialRunner, InputStatistics, get_calibration_data
+from ..models.blocks import find_transformer_blocks, is_linear_like
+from ..utils.logging import get_logger
+from .config import PruningConfig
+from .masks import magnitude_mask, sparsegpt_prune, wanda_mask
+from .report import ModuleResult, PruningReport
+
+logger = get_logger(__name__)
+
+
+def _prunable(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in block.named_modules()
+            if is_linear_like(m) and not any(p.startswith(("lora_", "layerif_")) for p in n.split("."))]
+
+
+def _offload_entry(module: nn.Module):
+    """The tensor that holds an offloaded weight (accelerate's weights map), or None for an in-memory weight."""
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in [hook, *getattr(hook, "hooks", [])] if hook is not None else []:
+        weights_map = getattr(candidate, "weights_map", None)
+        if getattr(candidate, "offload", False) and weights_map is not None:
+            return weights_map["weight"]
+    return None
+
+
+def read_weight(module: nn.Module) -> torch.Tensor:
+    """[out, in] weight (GPT-2 Conv1D transposed), from the offload map when the module is offloaded."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        weight = _offload_entry(module)
+        if weight is None:
+            raise ValueError("the weight is on 'meta' and has no offload map to read from")
+    return weight.detach() if isinstance(module, nn.Linear) else weight.detach().T
+
+
+def write_weight(module: nn.Module, value: torch.Tensor) -> None:
+    value = value if isinstance(module, nn.Linear) else value.T
+    target = _offload_entry(module) if module.weight.device.type == "meta" else module.weight.data
+    if target is None:
+        raise ValueError("the weight is on 'meta' and has no offload map to write to")
+    with torch.no_grad():
+        target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+class LayerIFPruner:
+    """Prune ``model`` with :meth:`prune`, then :meth:`save_pretrained` a plain dense model (zeros kept).
+
+    Args:
+        model: a causal LM (``PreTrainedModel``), possibly dispatched or offloaded.
+        tokenizer: its tokenizer (calibration data from text).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer=None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.blocks = find_transformer_blocks(model)
+        self.report: PruningReport | None = None
+        self.config: PruningConfig | None = None
+        self.allocation = None
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, **model_kwargs) -> LayerIFPruner:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        revision = model_kwargs.get("revision")
+        model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **model_kwargs)
+        return cls(model.eval(), AutoTokenizer.from_pretrained(model_id_or_path, revision=revision))
+
+    # --- ratios -------------------------------------------------------------------------------------------
+    def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None) -> list[float]:
+        from ..allocation import Allocation, sparsity_allocation
+
+        allocation = config.allocation
+        if allocation is None or allocation == "uniform":
+            self.allocation = None
+            return [config.sparsity] * len(self.blocks)
+        if isinstance(allocation, (str, os.PathLike)) and allocation not in ("owl", "alphapruning"):
+            allocation = Allocation.from_pretrained(allocation)
+        if isinstance(allocation, Allocation):
+            if allocation.kind != "sparsity":
+                raise ValueError("the allocation holds experts, not sparsity ratios: pass a sparsity allocation.")
+            allocation.check_fits(self.model)
+            achieved = allocation.achieved_sparsity
+            if achieved is not None and abs(achieved - config.sparsity) > 1e-6:
+                raise ValueError(f"the allocation's global sparsity is {achieved:.6f} but config.sparsity is "
+                                 f"{config.sparsity}; make them agree.")
+            self.allocation = allocation
+            return list(allocation.values)
+        if hasattr(allocation, "block_scores"):  # LayerInfluenceScores
+            self.allocation = sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon)
+            return list(self.allocation.values)
+        if allocation == "alphapruning":
+            from ..allocation import block_alpha_hill
+
+            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, epsilon=config.epsilon,
+                                                  method="alphapruning", alpha_hill=block_alpha_hill(self.model))
+            return list(self.allocation.values)
+        if allocation == "owl":
+            from ..allocation.owl import layerwise_outlier_distribution
+
+            lod = layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
+                                                 **self._runner_kwargs(config))
+            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method="owl",
+                                                  outlier_ratios=lod, owl_lambda=config.owl_lambda)
+            return list(self.allocation.values)
+        raise ValueError(f"unsupported allocation {allocation!r}: use None, 'uniform', 'owl', 'alphapruning', an "
+                         "Allocation, LayerInfluenceScores or a folder with layerif_allocation.json.")
+
+    @staticmethod
+    def _runner_kwargs(config: PruningConfig) -> dict:
+        dtype = getattr(torch, config.activation_dtype) if config.activation_dtype else None
+        return {"activation_device": config.activation_device, "activation_dtype": dtype}
+
+    def calibration_ids(self, config: PruningConfig, calibration_dataset=None) -> torch.Tensor:
+        if isinstance(calibration_dataset, torch.Tensor):
+            ids = calibration_dataset
+        else:
+            if self.tokenizer is None:
+                raise ValueError("calibration from text needs a tokenizer: LayerIFPruner(model, tokenizer).")
+            source = calibration_dataset if calibration_dataset is not None else config.calibration
+            ids = get_calibration_data(self.tokenizer, source, config.nsamples, config.seqlen, config.seed)
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if limit is not None and ids.shape[1] > limit:
+            raise ValueError(f"calibration sequences of {ids.shape[1]} tokens exceed the model's "
+                             f"max_position_embeddings={limit}; lower seqlen.")
+        return ids
+
+    # --- pruning ------------------------------------------------------------------------------------------
+    def prune(self, config: PruningConfig | None = None, calibration_dataset=None, progress: bool = True) -> PruningReport:
+        """Prune in place and return the :class:`PruningReport`.
+
+        ``calibration_dataset``: token ids [nsamples, seqlen], texts, a file or a Hub id (default ``config.calibration``).
+        """
+        config = config or PruningConfig()
+        started = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        needs_calibration = config.method != "magnitude" or config.allocation == "owl"
+        ids = self.calibration_ids(config, calibration_dataset) if needs_calibration else None
+        ratios = self.resolve_block_ratios(config, ids)
+        results: list[ModuleResult] = []
+
+        def prune_block(index: int, block: nn.Module, forward=None) -> None:
+            stats = None
+            if config.method in ("wanda", "sparsegpt"):
+                with InputStatistics(block, gram=config.method == "sparsegpt",
+                                     dtype=torch.float64 if config.method == "sparsegpt" else torch.float32) as stats:
+                    forward()
+            for name, module in _prunable(block):
+                t0 = time.time()
+                weight = read_weight(module)
+                ratio = ratios[index]
+                info: dict = {}
+                if config.method == "magnitude":
+                    mask = magnitude_mask(weight, ratio, config.nm)
+                    new = weight.masked_fill(mask, 0)
+                elif config.method == "wanda":
+                    norms = stats.column_norms(name)
+                    mask = wanda_mask(weight, norms, ratio, config.nm)
+                    new = weight.masked_fill(mask.to(weight.device), 0)
+                else:
+                    new, mask, info = sparsegpt_prune(weight.to(stats.grams[name].device), stats.grams[name], ratio,
+                                                      config.nm, config.blocksize, config.percdamp)
+                write_weight(module, new)
+                achieved = float((new == 0).sum()) / new.numel()
+                results.append(ModuleResult(f"{self.blocks.names[index]}.{name}", index, new.numel(),
+                                            ratio if config.nm is None else config.nm[0] / config.nm[1],
+                                            achieved, time.time() - t0, info))
+
+        with torch.no_grad():
+            if config.method == "magnitude":
+                from tqdm.auto import tqdm
+
+                for index, block in enumerate(tqdm(self.blocks.modules, desc="pruning blocks", disable=not progress)):
+                    prune_block(index, block)
+            else:
+                runner = BlockSequentialRunner(self.model, ids, batch_size=config.batch_size, blocks=self.blocks,
+                                               progress=progress, **self._runner_kwargs(config))
+                runner.run(lambda index, block, forward: prune_block(index, block, forward))
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        self.config = config
+        self.report = PruningReport(config.method, config.structure, list(self.blocks.names), results, list(ratios),
+                                    seconds=time.time() - started, peak_memory_bytes=peak,
+                                    extra={"allocation": getattr(self.allocation, "method", "uniform"),
+                                           "calibration": {"nsamples": None if ids is None else int(ids.shape[0]),
+                                                           "seqlen": None if ids is None else int(ids.shape[1]),
+                                                           "seed": config.seed}})
+        return self.report
+
+    # --- saving -------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """A plain dense safetensors model (loads with any transformers version; zeros kept), its tokenizer,
+        ``layerif_allocation.json`` (when an allocation was used), ``pruning_config.json`` and
+        ``pruning_report.json``."""
+        if self.report is None:
+            raise ValueError("nothing to save yet: call prune() first.")
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        if self.allocation is not None:
+            self.allocation.save_pretrained(path)
+        self.config.save_pretrained(path)
+        self.report.save(path)
+        return path

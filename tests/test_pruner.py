@@ -1,0 +1,119 @@
+"""LayerIFPruner: exact sparsity reports, N:M, block-sequential calibration, offload, save/reload, real model."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import SHARED_DATA, STORIES260K, TINYSTORIES_VAL, require_shared, tiny_llama
+
+from hf_layerif.allocation import sparsity_allocation
+from hf_layerif.models.blocks import find_transformer_blocks
+from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
+from hf_layerif.pruning.masks import wanda_mask
+
+
+def _calib(n=8, T=12, seed=0):
+    return torch.randint(3, 50, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _linears(model):
+    blocks = find_transformer_blocks(model)
+    return [(f"{bn}.{n}", m) for bn, b in blocks for n, m in b.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_requested_equals_achieved_with_per_block_ratios(method):
+    model = tiny_llama(layers=4)
+    allocation = sparsity_allocation([1.0, 3.0, 2.0, 5.0], 0.6, model=model, epsilon=0.3)
+    pruner = LayerIFPruner(model)
+    report = pruner.prune(PruningConfig(method=method, sparsity=0.6, allocation=allocation), _calib(), progress=False)
+    assert report.block_ratios == allocation.values
+    for module in report.modules:
+        assert module.achieved == pytest.approx(math.floor(module.numel * module.requested + 0.5) / module.numel)
+    for name, linear in _linears(model):
+        row = next(m for m in report.modules if m.name == name)
+        assert float((linear.weight == 0).sum()) / linear.weight.numel() == pytest.approx(row.achieved)
+    assert report.global_sparsity()["achieved"] == pytest.approx(0.6, abs=2e-3)  # rounding of a few small matrices
+    assert len(report.block_sparsity()) == 4 and "global" in report.table()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_two_four_on_every_row(method):
+    model = tiny_llama(layers=2)
+    report = LayerIFPruner(model).prune(PruningConfig(method=method, structure="2:4"), _calib(), progress=False)
+    assert report.global_sparsity()["achieved"] == pytest.approx(0.5)
+    for _, linear in _linears(model):
+        zeros = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
+        assert bool((zeros == 2).all())
+
+
+def test_n_m_and_per_block_ratios_exclude_each_other():
+    with pytest.raises(ValueError, match="per-block ratios"):
+        PruningConfig(structure="2:4", allocation="owl")
+    with pytest.raises(ValueError, match="sparsity=0.5"):
+        PruningConfig(structure="4:8", sparsity=0.6)
+
+
+def test_block_sequential_wanda_equals_whole_model_calibration():
+    """Reference: before pruning block l, run the whole model (blocks < l already pruned) and hook block l's inputs."""
+    model = tiny_llama(layers=3)
+    reference = copy.deepcopy(model)
+    ids = _calib(seed=2)
+    LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5), ids, progress=False)
+    blocks = find_transformer_blocks(reference)
+    for block in blocks.modules:
+        inputs = {}
+        handles = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.setdefault(n, []).append(a[0].detach()))
+                   for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            reference(input_ids=ids, use_cache=False)
+        for h in handles:
+            h.remove()
+        for name, linear in block.named_modules():
+            if isinstance(linear, torch.nn.Linear):
+                x = torch.cat(inputs[name]).reshape(-1, linear.in_features).float()
+                mask = wanda_mask(linear.weight, x.norm(dim=0), 0.5)
+                with torch.no_grad():
+                    linear.weight.masked_fill_(mask, 0)
+    for (name, got), (_, want) in zip(_linears(model), _linears(reference)):
+        assert torch.equal(got.weight == 0, want.weight == 0), name
+
+
+def test_offloaded_model_prunes_like_in_memory_and_save_keeps_zeros(tmp_path):
+    from accelerate import cpu_offload
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama(layers=2)
+    offloaded = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
+    ids = _calib(seed=3)
+    config = PruningConfig(method="sparsegpt", sparsity=0.5)
+    pruner = LayerIFPruner(model)
+    pruner.prune(config, ids, progress=False)
+    LayerIFPruner(offloaded).prune(config, ids, progress=False)
+    with torch.no_grad():
+        x = torch.randint(3, 50, (2, 7))
+        torch.testing.assert_close(offloaded(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-5, atol=1e-6)
+    pruner.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(_linears(model), _linears(reloaded)):
+        assert torch.equal(a.weight, b.weight), name
+    assert PruningConfig.from_pretrained(tmp_path) == config
+    assert (tmp_path / "pruning_report.json").exists()
+
+
+def test_stories260k_perplexity_order_at_half_sparsity():
+    require_shared()
+    text = TINYSTORIES_VAL.read_text(encoding="utf-8", errors="replace")[:120_000]
+    c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
+    ppl = {}
+    for method in ("dense", "magnitude", "wanda", "sparsegpt"):
+        pruner = LayerIFPruner.from_pretrained(str(STORIES260K))
+        if method != "dense":
+            report = pruner.prune(PruningConfig(method=method, sparsity=0.5, nsamples=16, seqlen=256, calibration=str(c4)),
+                                  progress=False)
+            assert report.global_sparsity()["achieved"] == pytest.approx(0.5, abs=1e-6)
+        ppl[method] = perplexity(pruner.model, pruner.tokenizer, text, seqlen=256, max_windows=24)
+    assert ppl["dense"] < min(ppl["wanda"], ppl["sparsegpt"])
+    assert max(ppl["wanda"], ppl["sparsegpt"]) < ppl["magnitude"]
+    assert abs(math.log(ppl["wanda"]) - math.log(ppl["sparsegpt"])) < 0.3, ppl
