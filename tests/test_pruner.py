@@ -64,7 +64,7 @@ def test_block_sequential_wanda_equals_whole_model_calibration():
     blocks = find_transformer_blocks(reference)
     for block in blocks.modules:
         inputs = {}
-        handles = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.setdefault(n, []).append(a[0].detach()))
+        handles = [m.register_forward_pre_hook(lambda mod, a, n=n, store=inputs: store.setdefault(n, []).append(a[0].detach()))
                    for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
         with torch.no_grad():
             reference(input_ids=ids, use_cache=False)
