@@ -24,7 +24,9 @@ def test_score_runs_embedded_demo(tmp_path, monkeypatch, demo_cache, capsys):
     meta = json.loads((out / "layerif_scores.json").read_text())
     assert meta["num_blocks"] == 4 and meta["num_train"] == 24
     assert (out / "scores.png").exists()
-    training = json.loads((demo_cache / "demo-llama-v1" / "demo_training.json").read_text())
+    from hf_layerif.demo.model import DEMO_VERSION
+
+    training = json.loads((demo_cache / f"demo-llama-{DEMO_VERSION}" / "demo_training.json").read_text())
     # the demo model learned the tasks it can learn: the loss of copy/reverse/sort is far below log(vocab)
     assert max(training["final_loss_per_task"][t] for t in ("copy", "reverse", "sort")) < 1.0
 

@@ -18,7 +18,7 @@ import random
 LETTERS = "abcdefgh"
 DIGITS = "0123456789"
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
-CHARS = list(LETTERS + DIGITS + "crsm:=+")
+CHARS = list(dict.fromkeys(LETTERS + DIGITS + "crsm:=+"))  # unique, in order
 VOCAB = SPECIALS + CHARS
 TASKS = ("copy", "reverse", "sort", "modadd")
 

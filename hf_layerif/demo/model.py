@@ -21,7 +21,7 @@ from .corpus import TASKS, VOCAB, build_tokenizer, make_task_samples
 
 logger = get_logger(__name__)
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 DEMO_TRAIN_STEPS = 500
 DEMO_BATCH_SIZE = 32
 
