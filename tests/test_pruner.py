@@ -117,3 +117,25 @@ def test_stories260k_perplexity_order_at_half_sparsity():
     assert ppl["dense"] < min(ppl["wanda"], ppl["sparsegpt"])
     assert max(ppl["wanda"], ppl["sparsegpt"]) < ppl["magnitude"]
     assert abs(math.log(ppl["wanda"]) - math.log(ppl["sparsegpt"])) < 0.3, ppl
+
+
+def test_cli_prune_with_owl_and_evaluation(tmp_path, capsys):
+    require_shared()
+    import json
+
+    from hf_layerif.cli.main import main
+
+    c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
+    wikitext = SHARED_DATA / "text" / "wikitext2_raw" / "wikitext2_raw_test_joined.txt"
+    arc = SHARED_DATA / "tasks" / "llm_adapters" / "dataset" / "ARC-Easy" / "test.json"
+    code = main(["prune", "--model", str(STORIES260K), "--method", "wanda", "--sparsity", "0.5", "--allocation", "owl",
+                 "--calibration", str(c4), "--nsamples", "4", "--seqlen", "128", "--output", str(tmp_path),
+                 "--eval", "wikitext2,arc_easy", "--wikitext2", str(wikitext), "--eval_seqlen", "256",
+                 "--task_files", f"arc_easy={arc}", "--eval_limit", "20", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "global" in out and "WikiText-2 perplexity" in out
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["pruning"]["achieved"] == pytest.approx(0.5, abs=1e-6)
+    assert math.isfinite(results["wikitext2_ppl"]) and results["zero_shot"]["arc_easy"]["n"] == 20
+    assert (tmp_path / "layerif_allocation.json").exists() and (tmp_path / "model.safetensors").exists()

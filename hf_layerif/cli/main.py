@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "score": ("hf_layerif.cli.score", "per-block LayerIF influence scores of a model for a task"),
     "allocate": ("hf_layerif.cli.allocate", "experts or sparsity per block from scores, or a baseline"),
+    "prune": ("hf_layerif.cli.prune", "prune with per-block sparsity (magnitude, wanda, sparsegpt) and evaluate"),
 }
 
 

@@ -39,7 +39,8 @@ class PruningConfig:
 
     method: str = field(default="wanda", metadata={"help": f"One of {METHODS}."})
     sparsity: float = field(default=0.5, metadata={"help": "Global target sparsity."})
-    allocation: Any = field(default=None, metadata={"help": "uniform | owl | alphapruning | allocation folder."})
+    # typed as a string for the command line; Allocation and LayerInfluenceScores objects are accepted too
+    allocation: str | None = field(default=None, metadata={"help": "uniform | owl | alphapruning | a folder with layerif_allocation.json or layerif_scores.json."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
     nsamples: int = field(default=128, metadata={"help": "Calibration sequences."})

@@ -1,0 +1,93 @@
+"""``hf-layerif prune``: prune a model with per-block ratios, report requested vs achieved sparsity, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ..pruning.config import PruningConfig
+
+
+@dataclass
+class PruneArguments:
+    """Model, output and evaluation options (the pruning options are PruningConfig's)."""
+
+    model: str = field(metadata={"help": "Model path or Hub id."})
+    output: str = field(default="layerif-pruned", metadata={"help": "Output folder for the pruned model and reports."})
+    revision: str | None = field(default=None, metadata={"help": "Model revision."})
+    torch_dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    device_map: str | None = field(default=None, metadata={"help": "e.g. 'auto' to dispatch over GPUs / CPU."})
+    device: str | None = field(default=None, metadata={"help": "Device when no device_map (default: cuda if available)."})
+    eval: str | None = field(default=None, metadata={"help": "Comma-separated: wikitext2, zero-shot, or task names."})
+    wikitext2: str | None = field(default=None, metadata={"help": "Local WikiText-2 test file (jsonl rows or joined text)."})
+    eval_seqlen: int | None = field(default=None, metadata={"help": "Perplexity window (default: the calibration seqlen)."})
+    task_files: str | None = field(default=None, metadata={"help": "Local task files: name=path,name=path."})
+    eval_limit: int | None = field(default=None, metadata={"help": "Items per zero-shot task (default: all)."})
+    no_save: bool = field(default=False, metadata={"help": "Do not write the pruned model."})
+
+
+def _resolve_allocation(value):
+    from pathlib import Path
+
+    if value in (None, "uniform", "owl", "alphapruning"):
+        return value
+    path = Path(value)
+    if (path / "layerif_scores.json").exists():
+        from ..influence.scores import LayerInfluenceScores
+
+        return LayerInfluenceScores.from_pretrained(path)
+    return str(path)
+
+
+def run(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((PruneArguments, PruningConfig), prog="hf-layerif prune")
+    args, config = parser.parse_args_into_dataclasses(args=argv)
+    return prune(args, config)
+
+
+def prune(args: PruneArguments, config: PruningConfig) -> int:
+    import torch
+
+    from ..evaluation import zero_shot
+    from ..evaluation.zero_shot import PAPER_TASKS
+    from ..pruning import LayerIFPruner, perplexity
+    from ..pruning.evaluation import load_wikitext2_test
+    from ..utils.io import write_json
+
+    config.allocation = _resolve_allocation(config.allocation)
+    config.__post_init__()
+    kwargs = {"revision": args.revision, "dtype": "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)}
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    pruner = LayerIFPruner.from_pretrained(args.model, **kwargs)
+    if not args.device_map:
+        pruner.model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    report = pruner.prune(config)
+    print(report.table())
+    results = {"pruning": report.global_sparsity()}
+    if args.eval:
+        wanted = [w.strip() for w in args.eval.split(",") if w.strip()]
+        files = dict(item.split("=", 1) for item in args.task_files.split(",")) if args.task_files else {}
+        if "wikitext2" in wanted:
+            text = load_wikitext2_test(args.wikitext2)
+            results["wikitext2_ppl"] = perplexity(pruner.model, pruner.tokenizer, text, seqlen=args.eval_seqlen or config.seqlen)
+            print(f"WikiText-2 perplexity: {results['wikitext2_ppl']:.3f}")
+        tasks = [t for t in wanted if t not in ("wikitext2", "zero-shot")]
+        if "zero-shot" in wanted:
+            tasks += [t for t in PAPER_TASKS if t not in tasks]
+        if tasks:
+            results["zero_shot"] = zero_shot(pruner.model, pruner.tokenizer, {t: files.get(t) for t in tasks},
+                                             limit=args.eval_limit)
+            for task, metrics in results["zero_shot"].items():
+                print(f"{task:<14} acc {metrics['acc']:.4f}  acc_norm {metrics['acc_norm']:.4f}")
+    os.makedirs(args.output, exist_ok=True)
+    if not args.no_save:
+        pruner.save_pretrained(args.output)
+    else:
+        report.save(args.output)
+    write_json(os.path.join(args.output, "eval_results.json"), json.loads(json.dumps(results, default=float)))
+    print(f"saved to {args.output}")
+    return 0
