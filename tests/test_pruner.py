@@ -130,7 +130,7 @@ def test_cli_prune_with_owl_and_evaluation(tmp_path, capsys):
     arc = SHARED_DATA / "tasks" / "llm_adapters" / "dataset" / "ARC-Easy" / "test.json"
     code = main(["prune", "--model", str(STORIES260K), "--method", "wanda", "--sparsity", "0.5", "--allocation", "owl",
                  "--calibration", str(c4), "--nsamples", "4", "--seqlen", "128", "--output", str(tmp_path),
-                 "--eval", "wikitext2,arc_easy", "--wikitext2", str(wikitext), "--eval_seqlen", "256",
+                 "--eval", "wikitext2,arc_easy", "--wikitext2", str(wikitext), "--eval_seqlen", "256", "--eval_max_windows", "8",
                  "--task_files", f"arc_easy={arc}", "--eval_limit", "20", "--device", "cpu"])
     assert code == 0
     out = capsys.readouterr().out

@@ -22,6 +22,7 @@ class PruneArguments:
     eval: str | None = field(default=None, metadata={"help": "Comma-separated: wikitext2, zero-shot, or task names."})
     wikitext2: str | None = field(default=None, metadata={"help": "Local WikiText-2 test file (jsonl rows or joined text)."})
     eval_seqlen: int | None = field(default=None, metadata={"help": "Perplexity window (default: the calibration seqlen)."})
+    eval_max_windows: int | None = field(default=None, metadata={"help": "Perplexity over at most this many windows (default: all)."})
     task_files: str | None = field(default=None, metadata={"help": "Local task files: name=path,name=path."})
     eval_limit: int | None = field(default=None, metadata={"help": "Items per zero-shot task (default: all)."})
     no_save: bool = field(default=False, metadata={"help": "Do not write the pruned model."})
@@ -73,7 +74,8 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
         files = dict(item.split("=", 1) for item in args.task_files.split(",")) if args.task_files else {}
         if "wikitext2" in wanted:
             text = load_wikitext2_test(args.wikitext2)
-            results["wikitext2_ppl"] = perplexity(pruner.model, pruner.tokenizer, text, seqlen=args.eval_seqlen or config.seqlen)
+            results["wikitext2_ppl"] = perplexity(pruner.model, pruner.tokenizer, text, seqlen=args.eval_seqlen or config.seqlen,
+                                                  max_windows=args.eval_max_windows)
             print(f"WikiText-2 perplexity: {results['wikitext2_ppl']:.3f}")
         tasks = [t for t in wanted if t not in ("wikitext2", "zero-shot")]
         if "zero-shot" in wanted:
