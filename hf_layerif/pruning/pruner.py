@@ -84,7 +84,8 @@ class LayerIFPruner:
         return cls(model.eval(), AutoTokenizer.from_pretrained(model_id_or_path, revision=revision))
 
     # --- ratios -------------------------------------------------------------------------------------------
-    def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None) -> list[float]:
+    def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None,
+                             progress: bool = True) -> list[float]:
         from ..allocation import Allocation, sparsity_allocation
 
         allocation = config.allocation
@@ -116,7 +117,7 @@ class LayerIFPruner:
             from ..allocation.owl import layerwise_outlier_distribution
 
             lod = layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
-                                                 **self._runner_kwargs(config))
+                                                 progress=progress, **self._runner_kwargs(config))
             self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method="owl",
                                                   outlier_ratios=lod, owl_lambda=config.owl_lambda)
             return list(self.allocation.values)
@@ -154,7 +155,7 @@ class LayerIFPruner:
             torch.cuda.reset_peak_memory_stats()
         needs_calibration = config.method != "magnitude" or config.allocation == "owl"
         ids = self.calibration_ids(config, calibration_dataset) if needs_calibration else None
-        ratios = self.resolve_block_ratios(config, ids)
+        ratios = self.resolve_block_ratios(config, ids, progress)
         results: list[ModuleResult] = []
 
         def prune_block(index: int, block: nn.Module, forward=None) -> None:
@@ -203,6 +204,17 @@ class LayerIFPruner:
                                                            "seqlen": None if ids is None else int(ids.shape[1]),
                                                            "seed": config.seed}})
         return self.report
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the pruned model with its allocation and a model card in one commit
+        (:func:`hf_layerif.hub.push_allocation_to_hub`)."""
+        from ..allocation import sparsity_allocation
+        from ..hub import push_allocation_to_hub
+
+        if self.report is None:
+            raise ValueError("nothing to push yet: call prune() first.")
+        allocation = self.allocation or sparsity_allocation(None, self.config.sparsity, model=self.model, method="uniform")
+        return push_allocation_to_hub(allocation, repo_id, model=self, **kwargs)
 
     # --- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

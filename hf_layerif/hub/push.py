@@ -1,0 +1,215 @@
+"""``push_allocation_to_hub``: an allocation (and the pruned model or LoRA-MoE adapter) in one Hub commit.
+
+Everything is first written to a local folder (default ``./hub-upload-<owner>--<name>``); then
+``HfApi.create_repo(exist_ok=True)`` and **one** ``create_commit`` listing every file (``upload_folder`` may
+split into several commits). A failed upload leaves the folder in place and says how to retry
+(:func:`push_folder_to_hub`). Tokens are only ever passed to the ``HfApi``: never written into a card, a log or a
+file. ``load_allocation`` reads JSON only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
+from ..utils.logging import get_logger
+from .cards import eval_results_for, render_card
+
+logger = get_logger(__name__)
+
+PLOT_FILE = "layerif_allocation.png"
+
+
+def _default_local_dir(repo_id: str) -> Path:
+    return Path.cwd() / f"hub-upload-{repo_id.replace('/', '--')}"
+
+
+def _rows(allocation: Allocation) -> list[dict[str, str]]:
+    scores = allocation.scores or [None] * allocation.num_blocks
+    rows = []
+    for name, value, score in zip(allocation.model["block_names"], allocation.values, scores):
+        rows.append({"name": name, "value": str(value) if allocation.kind == "experts" else f"{value:.4f}",
+                     "score": "-" if score is None else f"{score:.6g}"})
+    return rows
+
+
+def _datasets(allocation: Allocation) -> list[str] | None:
+    data = (allocation.provenance.get("scores") or {}).get("data") or {}
+    names = [v for k, v in data.items() if k in ("train_name", "validation_name") and v]
+    return names or None
+
+
+def _hyper_text(allocation: Allocation) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in sorted(allocation.hyperparameters.items()) if v is not None)
+
+
+def _scores_text(allocation: Allocation) -> str:
+    scores = allocation.provenance.get("scores")
+    if not scores:
+        return "model-centric metric or uniform baseline (no influence scores)" if allocation.method != "layerif" else "given directly"
+    estimator = (scores.get("estimator") or {}).get("name")
+    data = scores.get("data") or {}
+    return (f"LayerIF influence ({estimator}, aggregation {scores.get('aggregation')}) over {data.get('num_train')} "
+            f"training and {data.get('num_validation')} validation samples (fingerprints {data.get('train')} / "
+            f"{data.get('validation')})")
+
+
+def _classify(model) -> str:
+    if model is None:
+        return "allocation"
+    if hasattr(model, "report") and hasattr(model, "save_pretrained") and hasattr(model, "prune"):
+        return "pruned"
+    if hasattr(model, "peft_config"):
+        return "lora_moe"
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+        path = Path(model)
+        if (path / "adapter_config.json").exists():
+            return "lora_moe"
+        if (path / "pruning_config.json").exists() or (path / "config.json").exists():
+            return "pruned"
+    raise ValueError("model= must be a LayerIFPruner (after prune()), a PeftModel with a LayerIF adapter, or a folder "
+                     "written by one of them.")
+
+
+def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, Any]:
+    """Write the allocation, its plot and the model files into ``local``; return card variables."""
+    local.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {}
+    if kind == "pruned":
+        if isinstance(model, (str, os.PathLike)):
+            shutil.copytree(model, local, dirs_exist_ok=True)
+            from ..pruning.config import PruningConfig
+            from ..utils.io import read_json
+
+            config = PruningConfig.from_pretrained(local)
+            report = read_json(local / "pruning_report.json")
+        else:
+            model.save_pretrained(local)
+            config, report = model.config, model.report.to_dict()
+        info.update(method=config.method, structure=config.structure, sparsity=config.sparsity,
+                    achieved=report["global"]["achieved"],
+                    calibration_text=f"{report.get('calibration', {}).get('nsamples')} sequences × "
+                                     f"{report.get('calibration', {}).get('seqlen')} tokens from {config.calibration}, "
+                                     f"seed {config.seed}",
+                    pruned_rows=[{"name": n, "requested": f"{b['requested']:.4f}", "achieved": f"{b['achieved']:.4f}"}
+                                 for n, b in zip(report["block_names"], report["blocks"])])
+    elif kind == "lora_moe":
+        if isinstance(model, (str, os.PathLike)):
+            shutil.copytree(model, local, dirs_exist_ok=True)
+        else:
+            model.save_pretrained(local)
+        from ..utils.io import read_json
+
+        config = read_json(local / "adapter_config.json")
+        if config.get("peft_type") != "LAYERIF":
+            raise ValueError(f"the adapter is a {config.get('peft_type')} adapter, not a LayerIF LoRA-MoE one.")
+        info.update(adapter_config=config)
+    allocation.save_pretrained(local)
+    plot_allocations([allocation], local / PLOT_FILE, labels=[allocation.method])
+    return info
+
+
+def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, api=None, private: bool = False,
+                           create_pr: bool = False, commit_message: str | None = None, eval_results: dict | None = None,
+                           local_dir: str | os.PathLike | None = None, token: str | None = None):
+    """Upload ``allocation`` (plus the pruned model / LoRA-MoE adapter in ``model``) with a model card, in one commit.
+
+    Args:
+        allocation: the :class:`~hf_layerif.allocation.Allocation`.
+        repo_id: ``"owner/name"``.
+        model: ``None`` (allocation only), a ``LayerIFPruner`` after ``prune()``, a ``PeftModel`` with a LayerIF
+            adapter, or a folder saved by either.
+        api: an ``huggingface_hub.HfApi`` (injectable; default ``HfApi(token=token)``).
+        eval_results: ``{task: {metric: value}}`` (or ``{"wikitext2_ppl": value}``) for the card's model-index.
+        local_dir: where the files are staged (kept after the upload; default ``./hub-upload-<owner>--<name>``).
+    Returns:
+        the ``CommitInfo`` of the single commit.
+    """
+    from huggingface_hub import ModelCardData
+
+    kind = _classify(model)
+    if kind == "lora_moe" and allocation.kind != "experts":
+        raise ValueError("a LoRA-MoE adapter goes with an expert allocation (kind='experts').")
+    if kind == "pruned" and allocation.kind != "sparsity":
+        raise ValueError("a pruned model goes with a sparsity allocation (kind='sparsity').")
+    local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
+    info = _stage(allocation, model, kind, local)
+    base_model = allocation.model.get("model_id") or allocation.model.get("architecture") or "unknown"
+    method_tag = allocation.method if allocation.method != "layerif" else "layerif-allocation"
+    common = dict(repo_id=repo_id, base_model=base_model, library_version=allocation.library_version,
+                  plot_file=PLOT_FILE, rows=_rows(allocation))
+    eval_entries = eval_results_for(eval_results, repo_id.split("/")[-1])
+    eval_rows = []
+    for entry in eval_entries or []:
+        eval_rows.append({"task": entry.dataset_name, "metric": entry.metric_type, "value": f"{entry.metric_value:.4f}"})
+    hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
+    if kind == "allocation":
+        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="hf-layerif",
+                                  tags=["layerif", f"{allocation.kind}-allocation", method_tag])
+        usage = ("config = allocation.to_peft_config(r=8, lora_alpha=16)  # LoRA-MoE experts per block"
+                 if allocation.kind == "experts" else
+                 "ratios = allocation.ratios_for(model)  # sparsity per linear module")
+        card = render_card("allocation", card_data, kind_title=allocation.kind.capitalize(), method=allocation.method,
+                           hyperparameters_text=_hyper_text(allocation), value_header=allocation.kind,
+                           summary=(f"Achieved global sparsity: {allocation.achieved_sparsity:.6f}."
+                                    if allocation.kind == "sparsity" else f"Total experts: {sum(allocation.values)}."),
+                           usage=usage, architecture=allocation.model.get("architecture"),
+                           num_blocks=allocation.num_blocks, revision=allocation.model.get("revision"),
+                           scores_text=_scores_text(allocation), created=allocation.created, **common)
+    elif kind == "pruned":
+        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="transformers",
+                                  tags=["layerif", "pruned", info["method"], method_tag], model_name=repo_id.split("/")[-1],
+                                  eval_results=eval_entries)
+        card = render_card("pruned", card_data, method=info["method"], structure=info["structure"],
+                           sparsity=info["sparsity"], achieved=info["achieved"], allocation_method=allocation.method,
+                           calibration_text=info["calibration_text"], eval_rows=eval_rows,
+                           **{**common, "rows": info["pruned_rows"]})
+    else:
+        config = info["adapter_config"]
+        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="peft",
+                                  tags=["layerif", "lora-moe", "lora", method_tag], model_name=repo_id.split("/")[-1],
+                                  eval_results=eval_entries)
+        card = render_card("lora_moe", card_data, total_experts=sum(config["experts_per_layer"]),
+                           allocation_method=allocation.method, r=config["r"], lora_alpha=config["lora_alpha"],
+                           top_k=config["top_k"], router_aux_loss_coef=config["router_aux_loss_coef"],
+                           eval_rows=eval_rows, **common)
+    card.save(local / "README.md")  # replaces any generic card PEFT / transformers wrote
+    return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
+                              commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
+                              + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, api=None, private: bool = False,
+                       create_pr: bool = False, commit_message: str = "Upload with hf-layerif", token: str | None = None):
+    """Upload every file of ``folder`` to ``repo_id`` in a single commit (also the way to retry a failed push)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = Path(folder)
+    api = api or HfApi(token=token)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.create_commit(repo_id, operations=operations, commit_message=commit_message, create_pr=create_pr)
+    except Exception as err:
+        raise RuntimeError(
+            f"Uploading to {repo_id} failed ({type(err).__name__}: {err}). Everything is saved in {folder}; retry with "
+            f"hf_layerif.hub.push_folder_to_hub({str(folder)!r}, {repo_id!r})."
+        ) from err
+
+
+def load_allocation(repo_id_or_path: str | os.PathLike, revision: str | None = None, api=None) -> Allocation:
+    """Read ``layerif_allocation.json`` from a local folder/file or a Hub repo (JSON only; nothing executed)."""
+    path = Path(repo_id_or_path)
+    if path.exists():
+        return Allocation.from_pretrained(path)
+    if api is not None:
+        file = api.hf_hub_download(repo_id=str(repo_id_or_path), filename=ALLOCATION_FILE, revision=revision)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(repo_id=str(repo_id_or_path), filename=ALLOCATION_FILE, revision=revision)
+    return Allocation.from_pretrained(file)

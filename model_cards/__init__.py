@@ -1,0 +1,1 @@
+"""Jinja templates of the model cards (installed as the package ``hf_layerif.model_cards``)."""
