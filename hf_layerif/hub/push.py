@@ -112,23 +112,19 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
     return info
 
 
-def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, api=None, private: bool = False,
-                           create_pr: bool = False, commit_message: str | None = None, eval_results: dict | None = None,
-                           local_dir: str | os.PathLike | None = None, token: str | None = None):
-    """Upload ``allocation`` (plus the pruned model / LoRA-MoE adapter in ``model``) with a model card, in one commit.
-
-    Args:
-        allocation: the :class:`~hf_layerif.allocation.Allocation`.
-        repo_id: ``"owner/name"``.
-        model: ``None`` (allocation only), a ``LayerIFPruner`` after ``prune()``, a ``PeftModel`` with a LayerIF
-            adapter, or a folder saved by either.
-        api: an ``huggingface_hub.HfApi`` (injectable; default ``HfApi(token=token)``).
-        eval_results: ``{task: {metric: value}}`` (or ``{"wikitext2_ppl": value}``) for the card's model-index.
-        local_dir: where the files are staged (kept after the upload; default ``./hub-upload-<owner>--<name>``).
-    Returns:
-        the ``CommitInfo`` of the single commit.
-    """
+def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, model=None, repo_id: str = "your-name/your-repo",
+                     eval_results: dict | None = None) -> tuple[Path, str]:
+    """Write what :func:`push_allocation_to_hub` uploads — the allocation, its plot, the model files and the model
+    card (README.md) — into ``local_dir``; returns (folder, kind). Useful on its own to inspect or share offline."""
     from huggingface_hub import ModelCardData
+
+    kind = _classify(model)
+    if kind == "lora_moe" and allocation.kind != "experts":
+        raise ValueError("a LoRA-MoE adapter goes with an expert allocation (kind='experts').")
+    if kind == "pruned" and allocation.kind != "sparsity":
+        raise ValueError("a pruned model goes with a sparsity allocation (kind='sparsity').")
+    local = Path(local_dir)
+    info = _stage(allocation, model, kind, local)
 
     kind = _classify(model)
     if kind == "lora_moe" and allocation.kind != "experts":
@@ -177,6 +173,27 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
                            top_k=config["top_k"], router_aux_loss_coef=config["router_aux_loss_coef"],
                            eval_rows=eval_rows, **common)
     card.save(local / "README.md")  # replaces any generic card PEFT / transformers wrote
+    return local, kind
+
+
+def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, api=None, private: bool = False,
+                           create_pr: bool = False, commit_message: str | None = None, eval_results: dict | None = None,
+                           local_dir: str | os.PathLike | None = None, token: str | None = None):
+    """Upload ``allocation`` (plus the pruned model / LoRA-MoE adapter in ``model``) with a model card, in one commit.
+
+    Args:
+        allocation: the :class:`~hf_layerif.allocation.Allocation`.
+        repo_id: ``"owner/name"``.
+        model: ``None`` (allocation only), a ``LayerIFPruner`` after ``prune()``, a ``PeftModel`` with a LayerIF
+            adapter, or a folder saved by either.
+        api: an ``huggingface_hub.HfApi`` (injectable; default ``HfApi(token=token)``).
+        eval_results: ``{task: {metric: value}}`` (or ``{"wikitext2_ppl": value}``) for the card's model-index.
+        local_dir: where the files are staged (kept after the upload; default ``./hub-upload-<owner>--<name>``).
+    Returns:
+        the ``CommitInfo`` of the single commit.
+    """
+    local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
+    local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results)
     return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
                               commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
                               + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))
