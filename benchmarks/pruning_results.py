@@ -1,5 +1,5 @@
 """Pruning results on stories260K: TinyStories-validation perplexity for {magnitude, wanda, sparsegpt} ×
-{uniform, owl, alphapruning, layerif} at 50% and 70%, over 3 calibration seeds (mean ± std), with wall time and
+{uniform, owl, alphapruning, layerif, layerif with the reversed direction} at 50% and 70%, over 3 calibration seeds (mean ± std), with wall time and
 peak memory per method. LayerIF scores come from TinyStories train / validation samples (LoRA r = 8 on all
 linear modules, DataInf). Not a test.
 
@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+
+
+ALLOCATIONS = ("uniform", "owl", "alphapruning", "layerif", "layerif_reversed")
 
 
 def main() -> None:
@@ -56,13 +59,14 @@ def main() -> None:
     rows = []
     for sparsity in (float(s) for s in args.sparsities.split(",")):
         for method in ("magnitude", "wanda", "sparsegpt"):
-            for allocation in ("uniform", "owl", "alphapruning", "layerif"):
+            for allocation in ALLOCATIONS:
                 ppls, seconds, peaks = [], [], []
                 for seed in (int(s) for s in args.seeds.split(",")):
                     pruner = LayerIFPruner.from_pretrained(str(model_path))
                     config = PruningConfig(method=method, sparsity=sparsity, seed=seed, nsamples=args.nsamples,
                                            seqlen=args.seqlen, calibration=c4,
-                                           allocation=scores if allocation == "layerif" else allocation)
+                                           allocation=scores if allocation.startswith("layerif") else allocation,
+                                           reverse=allocation == "layerif_reversed")
                     started = time.perf_counter()
                     pruner.prune(config, progress=False)
                     seconds.append(time.perf_counter() - started)
@@ -76,12 +80,12 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row))
     print(f"\ndense perplexity: {dense_ppl:.3f}\n")
-    print("| sparsity | method | uniform | owl | alphapruning | layerif |")
-    print("|---|---|---|---|---|---|")
+    print("| sparsity | method | " + " | ".join(ALLOCATIONS) + " |")
+    print("|---|---|" + "---|" * len(ALLOCATIONS))
     for sparsity in sorted({r["sparsity"] for r in rows}):
         for method in ("magnitude", "wanda", "sparsegpt"):
             cells = []
-            for allocation in ("uniform", "owl", "alphapruning", "layerif"):
+            for allocation in ALLOCATIONS:
                 r = next(x for x in rows if x["sparsity"] == sparsity and x["method"] == method and x["allocation"] == allocation)
                 cells.append(f"{r['ppl_mean']:.2f} ± {r['ppl_std']:.2f}")
             print(f"| {sparsity:.0%} | {method} | " + " | ".join(cells) + " |")

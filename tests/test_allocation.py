@@ -145,3 +145,12 @@ def test_pl_alpha_hill_on_stories260k_is_finite():
     model = AutoModelForCausalLM.from_pretrained(STORIES260K)
     values = block_alpha_hill(model)
     assert len(values) == 5 and all(math.isfinite(v) and v > 1 for v in values)
+
+
+def test_reverse_direction_is_a_mirror():
+    q = [1.0, 4.0, 2.0, 3.0]
+    assert allocate_experts(q, 14, reverse=True) == ref_experts([4.0, 1.0, 3.0, 2.0], 14, 1.0)
+    forward = allocate_sparsity(q, 0.5, smooth=False)
+    backward = allocate_sparsity(q, 0.5, smooth=False, reverse=True)
+    np.testing.assert_allclose(backward, ref_sparsity([4.0, 1.0, 3.0, 2.0], 0.5, 0.3, [1] * 4, False), rtol=1e-12)
+    assert int(np.argmax(forward)) == 1 and int(np.argmin(backward)) == 1

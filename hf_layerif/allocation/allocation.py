@@ -234,15 +234,17 @@ def _scores_and_provenance(scores) -> tuple[list[float] | None, dict]:
 
 
 def expert_allocation(scores=None, total_experts: int | None = None, *, model: nn.Module | None = None,
-                      alpha: float = 1.0, method: str = "layerif", alpha_hill=None) -> Allocation:
+                      alpha: float = 1.0, method: str = "layerif", alpha_hill=None, reverse: bool = False) -> Allocation:
     """An expert :class:`Allocation` (see :func:`allocate_experts` for the methods).
 
     The model it fits comes from ``model`` or, when ``scores`` is a ``LayerInfluenceScores``, from its provenance.
     """
     description = _description(model, scores)
-    values = allocate_experts(scores, total_experts, alpha, method, num_blocks=description["num_blocks"], alpha_hill=alpha_hill)
+    values = allocate_experts(scores, total_experts, alpha, method, num_blocks=description["num_blocks"],
+                              alpha_hill=alpha_hill, reverse=reverse)
     used, provenance = _scores_and_provenance(alpha_hill if method == "alphalora" else scores)
-    hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts, "alpha": alpha}
+    hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts, "alpha": alpha,
+             "direction": "reversed" if reverse else "more experts for larger scores"}
     if method == "alphalora":
         hyper["alpha"] = 2.5
     return Allocation("experts", [int(v) for v in values], method, hyper, description, used, provenance)
@@ -250,7 +252,7 @@ def expert_allocation(scores=None, total_experts: int | None = None, *, model: n
 
 def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.Module | None = None,
                         epsilon: float = 0.3, smooth: bool | None = None, method: str = "layerif", alpha_hill=None,
-                        outlier_ratios=None, owl_lambda: float = 0.08) -> Allocation:
+                        outlier_ratios=None, owl_lambda: float = 0.08, reverse: bool = False) -> Allocation:
     """A sparsity :class:`Allocation`; reports the achieved parameter-weighted global sparsity.
 
     The model it fits comes from ``model`` or, when ``scores`` is a ``LayerInfluenceScores``, from its provenance.
@@ -258,11 +260,13 @@ def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.
     description = _description(model, scores)
     params = description["params_per_block"]
     values = allocate_sparsity(scores, target_sparsity, epsilon, smooth, params, method, description["num_blocks"],
-                               alpha_hill=alpha_hill, outlier_ratios=outlier_ratios, owl_lambda=owl_lambda)
+                               alpha_hill=alpha_hill, outlier_ratios=outlier_ratios, owl_lambda=owl_lambda,
+                               reverse=reverse)
     source = {"alphapruning": alpha_hill, "owl": outlier_ratios}.get(method, scores)
     used, provenance = _scores_and_provenance(source)
     achieved = float(np.dot(values, params) / np.sum(params))
     hyper = {"target_sparsity": target_sparsity, "epsilon": epsilon, "mapping": "block-wise",
+             "direction": "reversed" if reverse else "more sparsity for larger scores",
              "smooth": (method == "layerif") if smooth is None else smooth}
     if method == "owl":
         hyper.update({"owl_lambda": owl_lambda, "owl_m": 5.0})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.logging import get_logger
-from .validation import as_score_vector, shift_negative
+from .validation import as_score_vector, mirror, shift_negative
 
 logger = get_logger(__name__)
 
@@ -63,7 +63,7 @@ def mola_pattern(pattern: str, num_blocks: int) -> list[int]:
 
 
 def allocate_experts(scores=None, total_experts: int | None = None, alpha: float = 1.0, method: str = "layerif",
-                     num_blocks: int | None = None, alpha_hill=None) -> list[int]:
+                     num_blocks: int | None = None, alpha_hill=None, reverse: bool = False) -> list[int]:
     """Experts per block.
 
     Args:
@@ -76,6 +76,8 @@ def allocate_experts(scores=None, total_experts: int | None = None, alpha: float
             ``total_experts`` is reported in the log), or ``"alphalora"`` (the same allocator on block-mean
             PL_Alpha_Hill values ``alpha_hill`` with exponent 2.5; ``alpha`` is ignored).
         num_blocks: the model's block count (checked against the scores; needed for ``uniform``/MoLA without scores).
+        reverse: the opposite direction (SPEC §3 keeps it an option): a *smaller* score gets more experts. Scores
+            are mirrored within their range (q ↦ max q + min q − q) before the power transform.
     """
     if method in MOLA_PATTERNS or (isinstance(method, str) and method.count(",") == 3):
         L = num_blocks if num_blocks is not None else as_score_vector(scores).size
@@ -93,11 +95,11 @@ def allocate_experts(scores=None, total_experts: int | None = None, alpha: float
         if alpha_hill is None:
             raise ValueError("method='alphalora' needs alpha_hill= (block means of PL_Alpha_Hill, see block_alpha_hill).")
         values = as_score_vector(alpha_hill, num_blocks, "alpha_hill")
-        return largest_remainder_allocation(values, total_experts, ALPHALORA_EXPONENT)
+        return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, ALPHALORA_EXPONENT)
     if method != "layerif":
         raise ValueError(f"unknown method {method!r}; use 'layerif', 'uniform', 'alphalora' or a MoLA pattern.")
     values = shift_negative(as_score_vector(scores, num_blocks))
-    return largest_remainder_allocation(values, total_experts, alpha)
+    return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, alpha)
 
 
 __all__ = ["allocate_experts", "largest_remainder_allocation", "mola_pattern", "MOLA_PATTERNS"]

@@ -51,13 +51,16 @@ def rebalance_to_budget(ratios: np.ndarray, params: np.ndarray, target: float, u
     return np.clip(r, 0.0, upper)
 
 
-def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_per_block, smooth: bool) -> np.ndarray:
+def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_per_block, smooth: bool,
+                         reverse: bool = False) -> np.ndarray:
     """SPEC §5 steps 1–5: |q| → min-max → (Savitzky–Golay) → [1 − ε, 1 + ε] → budget → clamp + rebalance."""
     a = np.abs(np.asarray(values, dtype=np.float64))
     params = np.asarray(params_per_block, dtype=np.float64)
     if a.max() == a.min():
         return np.full(a.size, float(target_sparsity))
     a = (a - a.min()) / (a.max() - a.min())
+    if reverse:
+        a = 1.0 - a
     if smooth:
         a = smooth_scores(a)
         if a.max() == a.min():
@@ -70,7 +73,7 @@ def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_
 
 def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float = 0.3, smooth: bool | None = None,
                       params_per_block=None, method: str = "layerif", num_blocks: int | None = None,
-                      alpha_hill=None, outlier_ratios=None, owl_lambda: float = 0.08) -> list[float]:
+                      alpha_hill=None, outlier_ratios=None, owl_lambda: float = 0.08, reverse: bool = False) -> list[float]:
     """Sparsity ratio per block whose parameter-weighted mean equals ``target_sparsity`` (to 1e-6 or better).
 
     Args:
@@ -82,7 +85,9 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         method: ``"layerif"``, ``"uniform"`` (r_l = S), ``"alphapruning"`` (block-mean PL_Alpha_Hill values
             ``alpha_hill`` through the same map, no smoothing) or ``"owl"`` (``outlier_ratios`` = LOD per block
             from :func:`hf_layerif.allocation.owl.layerwise_outlier_distribution`, spread ``owl_lambda``).
-    Direction: a larger score (or PL_Alpha_Hill) gets a larger ratio (SPEC §3).
+        reverse: the opposite direction (SPEC §3 keeps it an option): a larger |score| gets a *smaller* ratio
+            (the normalised scores are mirrored, a ↦ 1 − a, before smoothing and the linear map).
+    Direction: by default a larger score (or PL_Alpha_Hill) gets a larger ratio (SPEC §3).
     """
     if not 0 < target_sparsity < 1:
         raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}.")
@@ -116,4 +121,4 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         raise ValueError(f"params_per_block must hold {L} positive counts, got {params.tolist()}.")
     if method == "uniform":
         return [float(target_sparsity)] * L
-    return map_scores_to_ratios(values, target_sparsity, epsilon, params, smooth).tolist()
+    return map_scores_to_ratios(values, target_sparsity, epsilon, params, smooth, reverse).tolist()

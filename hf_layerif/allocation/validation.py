@@ -37,3 +37,8 @@ def shift_negative(values: np.ndarray, name: str = "scores") -> np.ndarray:
                        name, values.min())
         return values - values.min()
     return values
+
+
+def mirror(values: np.ndarray) -> np.ndarray:
+    """The reversed direction: v ↦ max(v) + min(v) − v (the order flips, the range is kept)."""
+    return values.max() + values.min() - values

@@ -25,6 +25,7 @@ class AllocateArguments:
     sparsity: float | None = field(default=None, metadata={"help": "sparsity: global target sparsity S."})
     epsilon: float = field(default=0.3, metadata={"help": "sparsity: ratio band half-width ε."})
     no_smooth: bool = field(default=False, metadata={"help": "sparsity: no Savitzky-Golay smoothing of LayerIF scores."})
+    reverse: bool = field(default=False, metadata={"help": "Opposite direction: larger scores get fewer experts / less sparsity."})
     owl_lambda: float = field(default=0.08, metadata={"help": "sparsity/owl: spread λ."})
     calibration: str = field(default="c4", metadata={"help": "sparsity/owl: calibration data (c4, a file, or a Hub id)."})
     nsamples: int = field(default=128, metadata={"help": "sparsity/owl: calibration sequences."})
@@ -80,7 +81,7 @@ def allocate(kind: str, args: AllocateArguments) -> int:
             raise SystemExit("--total is required for expert allocation.")
         hill = block_alpha_hill(model, progress=True) if method == "alphalora" else None
         chosen = expert_allocation(scores, args.total, model=model, alpha=args.alpha,
-                                   method=method, alpha_hill=hill)
+                                   method=method, alpha_hill=hill, reverse=args.reverse)
         if method != "layerif" and scores is not None:
             allocations.append(expert_allocation(scores, args.total, alpha=args.alpha))
     else:
@@ -97,7 +98,7 @@ def allocate(kind: str, args: AllocateArguments) -> int:
             extra["outlier_ratios"] = layerwise_outlier_distribution(model, ids)
         chosen = sparsity_allocation(scores, args.sparsity, model=model, epsilon=args.epsilon,
                                      smooth=False if args.no_smooth else None, method=method,
-                                     owl_lambda=args.owl_lambda, **extra)
+                                     owl_lambda=args.owl_lambda, reverse=args.reverse, **extra)
         if method != "layerif" and scores is not None:
             allocations.append(sparsity_allocation(scores, args.sparsity, epsilon=args.epsilon,
                                                    smooth=False if args.no_smooth else None))

@@ -27,6 +27,7 @@ class PruningConfig:
             :class:`~hf_layerif.allocation.Allocation` (e.g. from LayerIF scores), a folder or file with
             ``layerif_allocation.json``, or ``LayerInfluenceScores`` (mapped with ``epsilon``).
         epsilon: ratio band half-width for score-based allocations (LayerIF, AlphaPruning).
+        reverse: the opposite direction for score-based allocations (a larger score gets less sparsity).
         structure: ``"unstructured"``, ``"2:4"`` or ``"4:8"``. N:M fixes every layer's sparsity at n/m, so it
             excludes per-block ratios (a clear error says so).
         nsamples, seqlen, seed, calibration: calibration data as the papers (128 × 2048 tokens of C4, seed 0);
@@ -42,6 +43,7 @@ class PruningConfig:
     # typed as a string for the command line; Allocation and LayerInfluenceScores objects are accepted too
     allocation: str | None = field(default=None, metadata={"help": "uniform | owl | alphapruning | a folder with layerif_allocation.json or layerif_scores.json."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
+    reverse: bool = field(default=False, metadata={"help": "Score-based allocations: larger scores get less sparsity."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
     nsamples: int = field(default=128, metadata={"help": "Calibration sequences."})
     seqlen: int = field(default=2048, metadata={"help": "Tokens per calibration sequence."})

@@ -105,13 +105,15 @@ class LayerIFPruner:
             self.allocation = allocation
             return list(allocation.values)
         if hasattr(allocation, "block_scores"):  # LayerInfluenceScores
-            self.allocation = sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon)
+            self.allocation = sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon,
+                                                  reverse=config.reverse)
             return list(self.allocation.values)
         if allocation == "alphapruning":
             from ..allocation import block_alpha_hill
 
             self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, epsilon=config.epsilon,
-                                                  method="alphapruning", alpha_hill=block_alpha_hill(self.model))
+                                                  method="alphapruning", alpha_hill=block_alpha_hill(self.model),
+                                                  reverse=config.reverse)
             return list(self.allocation.values)
         if allocation == "owl":
             from ..allocation.owl import layerwise_outlier_distribution
