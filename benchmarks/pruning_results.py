@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-
 ALLOCATIONS = ("uniform", "owl", "alphapruning", "layerif", "layerif_reversed")
 
 
