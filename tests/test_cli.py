@@ -1,6 +1,7 @@
 """The `hf-layerif` command line: the embedded demo (README's main job) and a real model from files."""
 
 import json
+import os
 
 import pytest
 from conftest import STORIES260K, TINYSTORIES_VAL, require_shared
@@ -9,12 +10,13 @@ from hf_layerif.cli.main import main
 
 
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("layerif-cache")
+def demo_cache():
+    from pathlib import Path
+
+    return Path(os.environ["HF_LAYERIF_CACHE"])  # set for the whole test session in conftest.py
 
 
-def test_score_runs_embedded_demo(tmp_path, monkeypatch, demo_cache, capsys):
-    monkeypatch.setenv("HF_LAYERIF_CACHE", str(demo_cache))
+def test_score_runs_embedded_demo(tmp_path, demo_cache, capsys):
     out = tmp_path / "scores"
     code = main(["score", "--output", str(out), "--demo_train_samples", "24", "--demo_validation_samples", "8",
                  "--bootstrap_samples", "20"])
@@ -50,3 +52,21 @@ def test_cli_rejects_bad_options():
     with pytest.raises(ValueError, match="estimator"):
         main(["score", "--estimator", "ekfac"])
     assert main(["nonsense"]) == 2
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--train_samples", "24", "--validation_samples", "8",
+                 "--finetune_steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    for variant in ("LoRA-MoE layerif", "LoRA-MoE uniform", "LoRA-MoE mola-2468", "LoRA-MoE alphalora",
+                    "Wanda layerif", "Wanda uniform", "Wanda owl", "Wanda alphapruning"):
+        assert variant in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["block_scores"]) == {"reverse", "sort"}
+    assert sum(summary["expert_allocations"]["layerif"]) == 16
+    # exact round(N·r) per matrix: the global figure is within rounding of 0.5 (28 matrices of 4-22k weights)
+    assert all(abs(r["achieved_sparsity"] - 0.5) < 1e-3 for r in summary["results"] if "achieved_sparsity" in r)
+    for folder in ("lora-moe-layerif", "pruned-owl"):
+        assert (out / folder / "README.md").exists() and (out / folder / "layerif_allocation.json").exists()
+    assert (out / "experts.png").exists() and (out / "sparsity.png").exists()

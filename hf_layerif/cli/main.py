@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
+    "demo": ("hf_layerif.cli.demo", "the whole pipeline offline on the embedded demo model (or --model and data)"),
     "score": ("hf_layerif.cli.score", "per-block LayerIF influence scores of a model for a task"),
     "allocate": ("hf_layerif.cli.allocate", "experts or sparsity per block from scores, or a baseline"),
     "prune": ("hf_layerif.cli.prune", "prune with per-block sparsity (magnitude, wanda, sparsegpt) and evaluate"),
