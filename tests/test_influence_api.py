@@ -166,3 +166,17 @@ def test_bad_input_fails_early_with_a_fix():
         nan_model.base_model.model.model.layers[1].mlp.down_proj.base_layer.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="Non-finite"):
         compute_layer_influence(nan_model, random_samples(2), random_samples(2), progress=False)
+
+
+def test_instruction_data_keeps_the_answer_when_truncated():
+    from hf_layerif.data import prepare_examples
+    from hf_layerif.demo.corpus import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    rows = [{"instruction": "abcdefgh" * 4, "input": "", "output": "123"}]
+    full = prepare_examples(rows, tokenizer)[0]
+    short = prepare_examples(rows, tokenizer, max_length=10)[0]
+    assert len(short["input_ids"]) == 10 and short["input_ids"][0] == tokenizer.bos_token_id
+    answer = [t for t in full["labels"] if t != -100]
+    assert [t for t in short["labels"] if t != -100] == answer
+    assert short["input_ids"][-len(answer):] == full["input_ids"][-len(answer):]

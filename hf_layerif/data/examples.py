@@ -3,7 +3,8 @@
 Accepted inputs: a ``datasets.Dataset`` (or any sequence of dicts) with ``input_ids`` (and optionally
 ``attention_mask`` / ``labels``), with a ``text`` column, or with instruction-style columns
 (``instruction`` / ``input`` / ``output``, or ``prompt`` / ``completion``); or a list of strings. Text is
-tokenized with the model's tokenizer; for instruction data only the output tokens are labels.
+tokenized with the model's tokenizer; for instruction data only the output tokens are labels, and ``max_length``
+drops prompt tokens from the left so that the answer is kept (text and token ids are cut on the right).
 """
 
 from __future__ import annotations
@@ -77,7 +78,14 @@ def prepare_examples(dataset: Any, tokenizer=None, max_length: int | None = None
                 if full_ids[:n_prompt] != list(prompt_ids):  # tokenization merged across the boundary
                     n_prompt = max(0, n_prompt - 1)
                 labels = [-100] * n_prompt + list(full_ids[n_prompt:])
-                examples.append({"input_ids": list(full_ids), "labels": labels})
+                example = {"input_ids": list(full_ids), "labels": labels}
+                if max_length is not None and len(full_ids) > max_length:
+                    # keep the answer: drop prompt tokens from the left (after BOS, if any)
+                    keep_bos = tokenizer.bos_token_id is not None and full_ids[0] == tokenizer.bos_token_id
+                    cut = len(full_ids) - max_length
+                    head = 1 if keep_bos else 0
+                    example = {k: v[:head] + v[head + cut:] for k, v in example.items()}
+                examples.append(example)
     if max_length is not None:
         for example in examples:
             for key in list(example):
