@@ -132,3 +132,17 @@ def test_stories260k_finetune_loss_goes_down_and_routing_is_not_collapsed(tmp_pa
     assert losses[-1] < losses[0]
     shares = [v for e in trainer.state.log_history for k, v in e.items() if k.endswith("max_share")]
     assert shares and max(shares) < 0.95  # no module sends (almost) every token to one expert
+
+
+def test_reentrant_checkpointing_warns_that_the_router_loss_gets_no_gradient():
+    from unittest import mock
+
+    import hf_layerif.tuners.model as tuner_module
+
+    model = _model()
+    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    ids = torch.randint(3, 50, (2, 6))
+    with mock.patch.object(tuner_module.logger, "warning") as warning:
+        model(input_ids=ids, labels=ids)
+    assert any("use_reentrant" in str(call) for call in warning.call_args_list)

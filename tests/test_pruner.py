@@ -100,6 +100,9 @@ def test_offloaded_model_prunes_like_in_memory_and_save_keeps_zeros(tmp_path):
         assert torch.equal(a.weight, b.weight), name
     assert PruningConfig.from_pretrained(tmp_path) == config
     assert (tmp_path / "pruning_report.json").exists()
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: transformers" in card and "| model.layers.1 |" in card
+    assert (tmp_path / "layerif_allocation.json").exists()  # uniform ratios recorded as an allocation
 
 
 def test_stories260k_perplexity_order_at_half_sparsity():

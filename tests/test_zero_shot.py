@@ -8,6 +8,7 @@ from hf_layerif.demo.corpus import build_tokenizer
 from hf_layerif.evaluation import MultipleChoiceItem, evaluate_multiple_choice, load_task
 
 
+@torch.no_grad()
 def _direct_scores(model, tokenizer, context, choices):
     out = []
     for choice in choices:

@@ -60,7 +60,7 @@ def _scores_text(allocation: Allocation) -> str:
 def _classify(model) -> str:
     if model is None:
         return "allocation"
-    if hasattr(model, "report") and hasattr(model, "save_pretrained") and hasattr(model, "prune"):
+    if hasattr(model, "report") and hasattr(model, "save_files") and hasattr(model, "prune"):
         return "pruned"
     if hasattr(model, "peft_config"):
         return "lora_moe"
@@ -87,7 +87,7 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
             config = PruningConfig.from_pretrained(local)
             report = read_json(local / "pruning_report.json")
         else:
-            model.save_pretrained(local)
+            model.save_files(local)
             config, report = model.config, model.report.to_dict()
         info.update(method=config.method, structure=config.structure, sparsity=config.sparsity,
                     achieved=report["global"]["achieved"],

@@ -210,19 +210,31 @@ class LayerIFPruner:
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the pruned model with its allocation and a model card in one commit
         (:func:`hf_layerif.hub.push_allocation_to_hub`)."""
-        from ..allocation import sparsity_allocation
         from ..hub import push_allocation_to_hub
 
         if self.report is None:
             raise ValueError("nothing to push yet: call prune() first.")
-        allocation = self.allocation or sparsity_allocation(None, self.config.sparsity, model=self.model, method="uniform")
-        return push_allocation_to_hub(allocation, repo_id, model=self, **kwargs)
+        return push_allocation_to_hub(self._allocation_for_card(), repo_id, model=self, **kwargs)
+
+    def _allocation_for_card(self):
+        from ..allocation import sparsity_allocation
+
+        return self.allocation or sparsity_allocation(None, self.config.sparsity, model=self.model, method="uniform")
 
     # --- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, eval_results: dict | None = None) -> Path:
         """A plain dense safetensors model (loads with any transformers version; zeros kept), its tokenizer,
-        ``layerif_allocation.json`` (when an allocation was used), ``pruning_config.json`` and
-        ``pruning_report.json``."""
+        ``layerif_allocation.json`` (uniform ratios are recorded as a uniform allocation) and its plot,
+        ``pruning_config.json``, ``pruning_report.json`` and a model card (``README.md``)."""
+        from ..hub import write_hub_folder
+
+        if self.report is None:
+            raise ValueError("nothing to save yet: call prune() first.")
+        folder, _ = write_hub_folder(self._allocation_for_card(), save_directory, model=self, eval_results=eval_results)
+        return folder
+
+    def save_files(self, save_directory: str | os.PathLike) -> Path:
+        """The model, tokenizer, allocation, config and report, without the card (used by ``save_pretrained``)."""
         if self.report is None:
             raise ValueError("nothing to save yet: call prune() first.")
         path = Path(save_directory)
