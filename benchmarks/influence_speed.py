@@ -107,29 +107,12 @@ def time_kronfluence(model, train, val, batch_size, device, strategies=("identit
 
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
 
     from hf_layerif.data import InfluenceCollator
-    from hf_layerif.influence.capture import per_sample_loss
+    from hf_layerif.influence.kronfluence_task import make_kronfluence_task
 
-    names = [n for n, _ in model.named_modules() if n.endswith(("lora_A.default", "lora_B.default"))]
-
-    class LMTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return per_sample_loss(logits, batch["labels"]).sum()
-
-        def compute_measurement(self, batch, model):
-            return self.compute_train_loss(batch, model)
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    task = LMTask()
+    task = make_kronfluence_task(model)
     prepared = prepare_model(model, task)
     timings = {}
     with tempfile.TemporaryDirectory() as out:

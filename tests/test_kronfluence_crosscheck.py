@@ -14,7 +14,6 @@ from conftest import random_samples, tiny_llama, with_lora
 
 from hf_layerif import compute_layer_influence
 from hf_layerif.data import InfluenceCollator
-from hf_layerif.influence.capture import per_sample_loss
 
 kronfluence = pytest.importorskip("kronfluence", reason="kronfluence is not installed (optional cross-check)")
 
@@ -24,29 +23,14 @@ pytestmark = pytest.mark.optional
 def test_identity_per_module_scores_equal_minus_tracin():
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
+
+    from hf_layerif.influence.kronfluence_task import make_kronfluence_task
 
     model = with_lora(tiny_llama(torch.float32, layers=2), randomize_b=True)
     train, val = random_samples(6, seed=1, min_len=6, max_len=6), random_samples(3, seed=2, min_len=6, max_len=6)
     ours = compute_layer_influence(model, train, val, estimator="tracin", progress=False, bootstrap_samples=0)
-    names = [n for n, _ in model.named_modules() if n.endswith(("lora_A.default", "lora_B.default"))]
-
-    class LMTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return per_sample_loss(logits, batch["labels"]).sum()
-
-        def compute_measurement(self, batch, model):
-            return self.compute_train_loss(batch, model)
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    task = LMTask()
+    task = make_kronfluence_task(model)
     model.eval()
     prepared = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as out:

@@ -22,7 +22,7 @@ from torch import nn
 from .. import __version__
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
-from ..utils.io import read_json, write_json
+from ..utils.io import read_versioned_json, write_json
 from .experts import allocate_experts
 from .sparsity import allocate_sparsity
 
@@ -157,15 +157,7 @@ class Allocation:
         path = Path(directory)
         if path.is_dir():
             path = path / ALLOCATION_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: pass the folder written by Allocation.save_pretrained().")
-        data = read_json(path)
-        if data.get("format") != ALLOCATION_FORMAT:
-            raise ValueError(f"{path} is not an hf-layerif allocation (format={data.get('format')!r}).")
-        major = str(data.get("format_version", "")).split(".")[0]
-        if major != ALLOCATION_FORMAT_VERSION.split(".")[0]:
-            raise ValueError(f"{path} has format_version {data.get('format_version')!r}; this hf-layerif reads "
-                             f"{ALLOCATION_FORMAT_VERSION.split('.')[0]}.x. Upgrade hf-layerif.")
+        data = read_versioned_json(path, ALLOCATION_FORMAT, ALLOCATION_FORMAT_VERSION, "Allocation")
         import jsonschema
 
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.io import read_safetensors, read_versioned_json, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .stability import UNSTABLE_SPEARMAN, bootstrap_block_scores, summarize_block_score_samples
 
@@ -190,15 +190,7 @@ class LayerInfluenceScores:
     def from_pretrained(cls, directory: str | os.PathLike) -> LayerInfluenceScores:
         """Load scores saved by :meth:`save_pretrained` (JSON + safetensors only; nothing is unpickled)."""
         path = Path(directory)
-        meta_path = path / SCORES_JSON
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path} not found: pass the folder written by LayerInfluenceScores.save_pretrained().")
-        meta = read_json(meta_path)
-        if meta.get("format") != SCORES_FORMAT:
-            raise ValueError(f"{meta_path} is not an hf-layerif scores file (format={meta.get('format')!r}).")
-        major = str(meta.get("format_version", "0")).split(".")[0]
-        if major != SCORES_FORMAT_VERSION.split(".")[0]:
-            raise ValueError(f"{meta_path} has format_version {meta.get('format_version')}; this version reads {SCORES_FORMAT_VERSION.split('.')[0]}.x. Upgrade hf-layerif.")
+        meta = read_versioned_json(path / SCORES_JSON, SCORES_FORMAT, SCORES_FORMAT_VERSION, "LayerInfluenceScores")
         tensors = read_safetensors(path / INFLUENCE_FILE)
         repeats = meta.get("repeat_block_scores")
         return cls(

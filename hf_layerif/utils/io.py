@@ -62,3 +62,21 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     from safetensors.torch import load_file
 
     return load_file(str(path), device=str(device))
+
+
+def read_versioned_json(path: str | os.PathLike, expected_format: str, version: str, what: str) -> dict:
+    """Read a JSON file written by this package and check its ``format`` and major ``format_version``.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` that say what to pass or to upgrade.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: pass the folder written by {what}.save_pretrained().")
+    data = read_json(path)
+    if data.get("format") != expected_format:
+        raise ValueError(f"{path} is not an {expected_format} file (format={data.get('format')!r}).")
+    major = str(data.get("format_version", "")).split(".")[0]
+    if major != version.split(".")[0]:
+        raise ValueError(f"{path} has format_version {data.get('format_version')!r}; this hf-layerif reads "
+                         f"{version.split('.')[0]}.x. Upgrade hf-layerif.")
+    return data
