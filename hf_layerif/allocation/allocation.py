@@ -22,7 +22,7 @@ from torch import nn
 from .. import __version__
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
-from ..utils.io import read_versioned_json, write_json
+from ..utils.io import read_versioned_json, save_figure, write_json
 from .experts import allocate_experts
 from .sparsity import allocate_sparsity
 
@@ -302,10 +302,4 @@ def plot_allocations(allocations: list[Allocation], path: str | os.PathLike, lab
     ax.set_xticks(x[:: max(1, L // 16)])
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import read_safetensors, read_versioned_json, write_json, write_safetensors
+from ..utils.io import read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .stability import UNSTABLE_SPEARMAN, bootstrap_block_scores, summarize_block_score_samples
 
@@ -263,10 +263,4 @@ class LayerInfluenceScores:
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return save_figure(fig, path)

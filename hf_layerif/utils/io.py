@@ -80,3 +80,20 @@ def read_versioned_json(path: str | os.PathLike, expected_format: str, version: 
         raise ValueError(f"{path} has format_version {data.get('format_version')!r}; this hf-layerif reads "
                          f"{version.split('.')[0]}.x. Upgrade hf-layerif.")
     return data
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
