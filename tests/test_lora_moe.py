@@ -247,3 +247,17 @@ def test_allocation_to_peft_config():
     assert config.experts_per_layer == [1, 3, 2, 4] and config.allocation["method"] == "layerif"
     with pytest.raises(ValueError, match="expert allocation"):
         LayerIFConfig.from_allocation(Allocation("sparsity", [0.5] * 4, "uniform", {}, alloc.model))
+
+
+def test_routing_statistics_skip_padding_tokens():
+    model = _moe()
+    model.train()
+    ids = _ids(B=2, T=6)
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0  # three padding tokens in the second row
+    model(input_ids=ids, attention_mask=mask, labels=ids)
+    layer = next(m for m in model.modules() if isinstance(m, MoELinear) and m.num_experts["default"] > 1)
+    counts = layer.router_state["default"]["counts"]
+    assert int(counts.sum()) == (12 - 3) * layer.top_k["default"]
+    model(input_ids=ids, labels=ids)  # no mask: every token counts
+    assert int(layer.router_state["default"]["counts"].sum()) == 12 * layer.top_k["default"]

@@ -50,6 +50,7 @@ class LayerIFLayer(BaseTunerLayer):
         self.layerif_router = nn.ModuleDict()
         self.dispatch = "auto"
         self.router_z_loss: dict[str, bool] = {}
+        self._token_context: dict | None = None
         self.router_state: dict[str, dict[str, torch.Tensor]] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
@@ -121,6 +122,15 @@ class LayerIFLayer(BaseTunerLayer):
             counts = torch.bincount(top_i.reshape(-1), minlength=num_experts)
         f = counts.to(probs.dtype) / top_i.numel()
         return num_experts * (f * probs.mean(dim=0)).sum()
+
+    def token_mask_for(self, num_tokens: int, device) -> torch.Tensor | None:
+        """Boolean [N] mask of non-padding tokens from the attention mask of the current model call, if it matches
+        this layer's N flattened tokens (set by :class:`~hf_layerif.tuners.model.LayerIFModel`)."""
+        context = getattr(self, "_token_context", None)
+        mask = context.get("mask") if context is not None else None
+        if mask is None or mask.numel() != num_tokens or bool(mask.all()):
+            return None
+        return mask.reshape(-1).to(device=device, dtype=torch.bool)
 
     def resolve_dispatch(self, adapter_name: str) -> str:
         if self.dispatch != "auto":
@@ -194,6 +204,10 @@ class Linear(nn.Module, LayerIFLayer):
                 experts = {"gated": self._experts_gated, "sparse": self._experts_sparse,
                            "dense": self._experts_dense}[self.resolve_dispatch(adapter)]
                 delta = experts(h, A, B, top_i, gates)
+                # routing statistics over real tokens only (the model's attention mask, when the tuner shares it)
+                keep = self.token_mask_for(x_flat.shape[0], x_flat.device)
+                if keep is not None:
+                    top_i, probs, logits = top_i[keep], probs[keep], logits[keep]
                 counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts[adapter])
                 self.router_state[adapter] = {
                     "aux": self.load_balancing_loss(top_i, probs, self.num_experts[adapter], counts),
