@@ -1,4 +1,5 @@
-"""QLoRA-MoE: a LayerIF adapter on a bitsandbytes 4-bit base, on the CPU (skipped without bitsandbytes)."""
+"""QLoRA-MoE: a LayerIF adapter on a bitsandbytes 4-bit (and 8-bit) base, on the CPU (skipped without
+bitsandbytes)."""
 
 import pytest
 import torch
@@ -43,3 +44,23 @@ def test_four_bit_base_trains_saves_and_reloads(tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(load(), tmp_path / "adapter").eval()
     assert torch.equal(reloaded(input_ids=ids).logits, expected)
+
+
+def test_eight_bit_base_trains(tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from hf_layerif import LayerIFConfig
+    from hf_layerif.tuners import Linear as MoELinear
+
+    tiny_llama(layers=2).save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", device_map="cpu",
+                                                quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    model = get_peft_model(base, LayerIFConfig(experts_per_layer=[2, 3], task_type="CAUSAL_LM", lora_dropout=0.0))
+    model.train()
+    ids = torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    layer = next(m for m in model.modules() if isinstance(m, MoELinear))
+    assert torch.isfinite(out.loss) and layer.layerif_router["default"].weight.grad is not None
