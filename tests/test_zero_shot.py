@@ -13,7 +13,7 @@ def _direct_scores(model, tokenizer, context, choices):
     out = []
     for choice in choices:
         ctx = tokenizer(context)["input_ids"]
-        cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
+        cont = tokenizer(context + choice)["input_ids"][len(ctx):]
         ids = torch.tensor([ctx + cont])
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
         out.append(sum(float(logprobs[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))

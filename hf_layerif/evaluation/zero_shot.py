@@ -1,7 +1,8 @@
 """Zero-shot multiple-choice accuracy by log-likelihood ranking (lm-evaluation-harness style).
 
 Each item is a context and its candidate continuations; the model scores log p(continuation | context) summed
-over the continuation's tokens. ``acc`` picks the highest sum, ``acc_norm`` the highest sum divided by the
+over the continuation's tokens. The pair is tokenized as one string and split after the context's tokens (as
+lm-eval does); the context starts with the tokenizer's special tokens (BOS for Llama / Mistral). ``acc`` picks the highest sum, ``acc_norm`` the highest sum divided by the
 continuation's length in characters (lm-eval's length normalisation). Prompts follow lm-eval's tasks (BoolQ,
 RTE, HellaSwag, WinoGrande with partial scoring, ARC-Easy/Challenge, OpenBookQA, PIQA). Items come from local
 files (LLM-Adapters JSON, GLUE TSV, HellaSwag's 6-line text) or the Hub; metrics are computed here (no Hub
@@ -163,8 +164,13 @@ def load_task(task: str, path: str | None = None, split: str | None = None, limi
 def _loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size: int, device) -> list[float]:
     encoded = []
     for context, continuation in requests:
-        ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
-        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        # as lm-eval: trailing context whitespace moves to the continuation, the pair is tokenized as one string
+        # (how the text is really tokenized) and split where the context's own tokens end
+        stripped = context.rstrip()
+        continuation = context[len(stripped):] + continuation
+        ctx = tokenizer(stripped, add_special_tokens=True)["input_ids"]
+        whole = tokenizer(stripped + continuation, add_special_tokens=True)["input_ids"]
+        cont = whole[len(ctx):]
         if not cont:
             raise ValueError(f"empty continuation after tokenization: {continuation!r}")
         encoded.append((ctx, cont))
