@@ -13,7 +13,7 @@ SAVGOL_ORDER = 3
 
 def smooth_scores(values: np.ndarray, window: int = SAVGOL_WINDOW, polyorder: int = SAVGOL_ORDER) -> np.ndarray:
     """Savitzky–Golay smoothing (scipy). The window shrinks to the largest odd number ≤ L when L < window;
-    smoothing is skipped when that window is ≤ polyorder (L ≤ 3 for the defaults)."""
+    smoothing is skipped when that window is ≤ polyorder (scipy needs polyorder < window): L ≤ 4 for the defaults."""
     from scipy.signal import savgol_filter
 
     L = values.size
