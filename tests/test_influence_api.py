@@ -203,3 +203,20 @@ def test_bf16_model_and_bf16_gradient_store_agree_with_float32(tmp_path, monkeyp
     corr = torch.corrcoef(torch.stack([low.influence.flatten(), reference.influence.flatten()]))[0, 1]
     assert corr > 0.95
     assert list(tmp_path.iterdir()) == []  # the spilled gradients were cleaned up
+
+
+@pytest.mark.parametrize("estimator", ["datainf", "exact", "lissa"])
+def test_fresh_adapter_skips_zero_a_gradients_without_changing_scores(monkeypatch, estimator):
+    import hf_layerif.influence.engine as engine_module
+    from hf_layerif.influence.engine import InfluenceEngine
+
+    model = with_lora(tiny_llama(torch.float64))  # fresh: B = 0, so every A gradient is exactly zero
+    train, val = random_samples(7, seed=41), random_samples(3, seed=42)
+    engine = InfluenceEngine(model, hf_layerif.InfluenceArguments())
+    assert all(".lora_B." in m.name for ms in engine.capture.tracked for m in ms)
+    assert engine.layout.dims().tolist() == [sum(m.numel for m in ms) for ms in engine.tracked]
+    skipped = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
+    monkeypatch.setattr(engine_module, "_zero_gradient_lora_a", lambda module, modules: False)
+    full = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
+    torch.testing.assert_close(skipped.influence, full.influence, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(skipped.damping, full.damping, rtol=1e-12, atol=0)

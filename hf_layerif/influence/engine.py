@@ -61,10 +61,13 @@ class InfluenceEngine:
         accelerator: optional ``accelerate.Accelerator`` whose loaders are sharded per process.
         autocast: optional context-manager factory wrapped around each forward (the Trainer's precision).
         progress: show tqdm progress bars (main process only).
+        skip_zero_gradients: do not form or store gradients known to be exactly zero (the A matrices of a LoRA
+            adapter whose B is zero); results are unchanged, memory and Gram FLOPs halve for a fresh adapter.
     """
 
     def __init__(self, model: nn.Module, args: InfluenceArguments, accelerator=None,
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, progress: bool = True):
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, progress: bool = True,
+                 skip_zero_gradients: bool = True):
         self.model = model
         self.args = args
         self.accelerator = accelerator
@@ -81,8 +84,16 @@ class InfluenceEngine:
             self.store_dtype = _DTYPES[args.gradient_dtype]
             self.compute_dtype = torch.float64 if self.store_dtype == torch.float64 else torch.float32
         projector = KroneckerProjector(args.projection_dim, args.projection_seed) if args.projection_dim else None
-        self.capture = PerSampleGradientCapture(model, self.tracked, self.compute_dtype, projector)
-        self.layout = GroupLayout(self.capture.block_bounds(args.granularity))
+        captured = self.tracked
+        counts = None
+        if skip_zero_gradients and args.target == "lora" and args.granularity == "block" and projector is None:
+            # With B = 0 (a fresh adapter) the gradient of A is exactly zero: δ at A's output is scaling · Bᵀ δ_out.
+            # Those columns add nothing to a or K; only their parameter count enters the damping, so they are
+            # counted but neither formed nor stored (half of the memory and Gram FLOPs of a fresh adapter).
+            captured = [[m for m in modules if not _zero_gradient_lora_a(m, modules)] for modules in self.tracked]
+            counts = [sum(m.numel for m in modules) for modules in self.tracked]
+        self.capture = PerSampleGradientCapture(model, captured, self.compute_dtype, projector)
+        self.layout = GroupLayout(self.capture.block_bounds(args.granularity), counts)
 
     # --- sizes and checks ---------------------------------------------------------------------------------
     @property
@@ -263,6 +274,15 @@ def _input_device(model: nn.Module) -> torch.device:
             return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
     device = embeddings.weight.device
     return torch.device("cpu") if device.type == "meta" else device
+
+
+def _zero_gradient_lora_a(module, block_modules) -> bool:
+    """True for a LoRA A module whose paired B weight is all zero (its gradient is then exactly zero)."""
+    if ".lora_A." not in module.name:
+        return False
+    partner = module.name.replace(".lora_A.", ".lora_B.")
+    b = next((m for m in block_modules if m.name == partner), None)
+    return b is not None and not bool(b.module.weight.detach().any())
 
 
 def reinitialize_lora_a(tracked, seed: int) -> None:

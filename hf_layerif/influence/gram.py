@@ -32,9 +32,12 @@ class GroupLayout:
     """Column ranges of the parameter groups inside each block's flattened gradient.
 
     ``bounds[l]`` lists offsets [0, o_1, ..., d_l]; group j of block l is columns bounds[l][j]:bounds[l][j+1].
+    ``parameter_counts``, when given, is the number of parameters d of each group for the damping rule, which can
+    exceed its stored columns when gradients known to be zero are not stored (a fresh LoRA's A matrices).
     """
 
     bounds: list[list[int]]
+    parameter_counts: list[int] | None = None
 
     @property
     def num_groups(self) -> int:
@@ -44,6 +47,9 @@ class GroupLayout:
         return torch.tensor([l for l, b in enumerate(self.bounds) for _ in range(len(b) - 1)], dtype=torch.long)
 
     def dims(self) -> torch.Tensor:
+        """Parameters d of each group (for the damping rule λ = factor · mean ‖g‖² / d)."""
+        if self.parameter_counts is not None:
+            return torch.tensor(self.parameter_counts, dtype=torch.long)
         return torch.tensor([b[j + 1] - b[j] for b in self.bounds for j in range(len(b) - 1)], dtype=torch.long)
 
     def block_dims(self) -> list[int]:
