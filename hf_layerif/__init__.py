@@ -1,7 +1,8 @@
 """hf-layerif: per-block influence (LayerIF) for Hugging Face models.
 
 Importing the package registers the ``LAYERIF`` PEFT type (so saved LayerIF adapters load with
-``peft.PeftModel.from_pretrained``); every other public name loads its module on first use.
+``peft.PeftModel.from_pretrained``), at once if peft is imported, else as soon as it is; every other public name
+loads its module on first use, so the import itself is fast.
 
 Sign convention (Koh & Liang): an influence value I_l(z) < 0 means that up-weighting the training sample z
 lowers the validation loss through block l (a beneficial sample); I_l(z) > 0 means it raises it.
@@ -43,15 +44,23 @@ if TYPE_CHECKING:  # pragma: no cover  (imports for type checkers and IDEs only)
 
 
 def _register_peft_type() -> None:
-    """Register the LAYERIF PEFT type (the import's only side effect): adapters saved by this package then load
-    with plain ``peft.PeftModel.from_pretrained``."""
-    try:
-        import peft  # noqa: F401
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return
-    from .tuners.peft_type import register
+    """Register the LAYERIF PEFT type (the import's only side effect) so that adapters saved by this package load
+    with plain ``peft.PeftModel.from_pretrained``.
 
-    register()
+    When peft is already imported, registration happens now. Otherwise it happens right after peft's own import
+    (see :mod:`hf_layerif.peft_import_hook`), so ``import hf_layerif`` stays fast and imports neither torch nor
+    peft by itself.
+    """
+    import sys
+
+    if "peft" in sys.modules and getattr(sys.modules["peft"], "__spec__", None) is not None:
+        from .tuners.peft_type import register
+
+        register()
+    else:
+        from .peft_import_hook import register_after_peft_import
+
+        register_after_peft_import()
 
 
 _register_peft_type()

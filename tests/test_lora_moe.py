@@ -261,3 +261,18 @@ def test_routing_statistics_skip_padding_tokens():
     assert int(counts.sum()) == (12 - 3) * layer.top_k["default"]
     model(input_ids=ids, labels=ids)  # no mask: every token counts
     assert int(layer.router_state["default"]["counts"].sum()) == 12 * layer.top_k["default"]
+
+
+def test_import_is_light_and_registers_when_peft_is_imported_later():
+    code = """
+import sys
+import hf_layerif
+assert "torch" not in sys.modules and "peft" not in sys.modules
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from peft.utils.peft_types import PeftType
+assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.LAYERIF] is hf_layerif.LayerIFConfig
+assert not any(type(f).__name__ == "_PeftImportFinder" for f in sys.meta_path)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
