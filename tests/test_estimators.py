@@ -163,3 +163,21 @@ def test_gram_without_spill_dir_refuses_to_exceed_budget():
     with pytest.raises(MemoryError, match="gradient_memory_gb"):
         for start in range(0, 6, 2):
             acc.add([g[start:start + 2] for g in G])
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 200])
+def test_sharded_gram_blocks_sum_to_the_full_matrix(tmp_path, budget):
+    n = 9
+    G, v = _problem(n, seed=8)
+    layout = GroupLayout(BOUNDS)
+    full = GramAccumulator(layout, v, n, torch.float64, 1 << 30)
+    shards = [GramAccumulator(layout, v, n, torch.float64, budget, spill_dir=tmp_path / f"r{r}", shard=(r, 3))
+              for r in range(3)]
+    for start in range(0, n, 2):
+        for acc in (full, *shards):
+            acc.add([g[start:start + 2] for g in G])
+    a, K = full.finalize()
+    parts = [acc.finalize() for acc in shards]
+    assert all(torch.equal(p[0], a) for p in parts)
+    assert sum(int((p[1] != 0).any()) for p in parts) >= 2  # the work really is split
+    torch.testing.assert_close(sum(p[1] for p in parts), K, rtol=1e-14, atol=1e-12)

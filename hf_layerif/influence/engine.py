@@ -179,7 +179,8 @@ class InfluenceEngine:
         end of the pass; a later call with the same key resumes after the last saved step.
         """
         budget = int(self.args.gradient_memory_gb * 2**30)
-        acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype)
+        shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
+        acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard)
         losses = torch.zeros(num_samples, dtype=torch.float64)
         steps_done = 0
         if spill_dir is not None and resume_key is not None:
@@ -204,6 +205,8 @@ class InfluenceEngine:
             # the pass is complete: keep it, so that a failure in a later step loses nothing
             self._save_progress(acc, resume_key, steps_done, losses)
         a, K = acc.finalize()
+        if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
+            K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
         self._accumulator = acc
         return a, K, losses
 

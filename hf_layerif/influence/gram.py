@@ -77,11 +77,14 @@ class GramAccumulator:
         memory_budget_bytes: device memory for the in-memory window of stored gradients.
         spill_dir: folder for spilled windows (needed when the gradients exceed the budget, and for resume).
         store_dtype: dtype of stored gradients (bfloat16 halves memory and disk at a small precision cost).
+        shard: (rank, world size). In a multi-process run every process holds every gradient, but each block of K
+            (a pair of chunks) is formed by one process only; the others leave it zero, and the caller sums K over
+            the processes (:meth:`InfluenceEngine.gram_statistics` does), so the Gram FLOPs are split P ways.
     """
 
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
-                 store_dtype: torch.dtype | None = None):
+                 store_dtype: torch.dtype | None = None, shard: tuple[int, int] = (0, 1)):
         self.layout = layout
         self.v = validation_gradients
         self.n = num_samples
@@ -89,6 +92,7 @@ class GramAccumulator:
         self.store_dtype = store_dtype or compute_dtype
         self.budget = int(memory_budget_bytes)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.rank, self.world = shard
         G = layout.num_groups
         self.a = torch.zeros(G, num_samples, dtype=compute_dtype)
         self.K = torch.zeros(G, num_samples, num_samples, dtype=compute_dtype)
@@ -102,6 +106,10 @@ class GramAccumulator:
             offset += len(bounds) - 1
 
     # --- products -------------------------------------------------------------------------------------
+    def _mine(self, row_start: int, col_start: int) -> bool:
+        """Whether this process forms the K block of the chunks starting at these sample offsets."""
+        return self.world == 1 or (row_start * 1_000_003 + col_start) % self.world == self.rank
+
     def _gram_blocks(self, left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
         """[groups, rows(left), rows(right)] products per group."""
         out = []
@@ -133,9 +141,11 @@ class GramAccumulator:
             for j in range(len(bounds) - 1):
                 lo, hi = bounds[j], bounds[j + 1]
                 self.a[self._group_offsets[l] + j, start:start + c] = (compute[l][:, lo:hi] @ v[lo:hi]).to("cpu")
-        self._place(self._gram_blocks(compute, compute), start, start)
+        if self._mine(start, start):
+            self._place(self._gram_blocks(compute, compute), start, start)
         for k, other_start in enumerate(self.window.starts):
-            self._place(self._gram_blocks(compute, self.window.chunks[k]), start, other_start)
+            if self._mine(start, other_start):
+                self._place(self._gram_blocks(compute, self.window.chunks[k]), start, other_start)
         self.window.starts.append(start)
         self.window.chunks.append(stored)
         self.window.nbytes += sum(t.numel() * t.element_size() for t in stored)
@@ -158,6 +168,8 @@ class GramAccumulator:
         merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
         start = self.window.starts[0]
         for entry in self.spilled:
+            if not self._mine(start, entry["start"]):
+                continue
             older = self._load_window(entry, merged[0].device)
             self._place(self._gram_blocks(merged, older), start, entry["start"])
             del older
@@ -178,8 +190,9 @@ class GramAccumulator:
             merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
             start = self.window.starts[0]
             for entry in self.spilled:
-                older = self._load_window(entry, merged[0].device)
-                self._place(self._gram_blocks(merged, older), start, entry["start"])
+                if self._mine(start, entry["start"]):
+                    older = self._load_window(entry, merged[0].device)
+                    self._place(self._gram_blocks(merged, older), start, entry["start"])
             self.window = _Window()
         return self.a, self.K
 
