@@ -276,3 +276,24 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_exclude_modules_and_modules_to_save_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = get_peft_model(BUILDERS["llama"](), LayerIFConfig(num_experts=2, exclude_modules=["down_proj"],
+                                                             modules_to_save=["lm_head"], task_type="CAUSAL_LM"))
+    names = [n for n, m in model.named_modules() if isinstance(m, MoELinear)]
+    assert names and not any(n.endswith("down_proj") for n in names)
+    head = model.base_model.model.lm_head
+    assert any(p.requires_grad for p in head.parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modules_to_save" in name:
+                p.add_(0.5)
+    model.eval()
+    ids = _ids()
+    expected = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    reloaded = PeftModel.from_pretrained(BUILDERS["llama"]().eval(), tmp_path)
+    assert torch.equal(reloaded(input_ids=ids).logits, expected)
