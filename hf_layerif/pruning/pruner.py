@@ -163,8 +163,11 @@ class LayerIFPruner:
         def prune_block(index: int, block: nn.Module, forward=None) -> None:
             stats = None
             if config.method in ("wanda", "sparsegpt"):
-                with InputStatistics(block, gram=config.method == "sparsegpt",
-                                     dtype=torch.float64 if config.method == "sparsegpt" else torch.float32) as stats:
+                # H = Σ x xᵀ: float64 on the CPU (cheap there, exact for tests), float32 on accelerators as the
+                # SparseGPT reference (float64 GEMMs are slow on GPUs)
+                on_cpu = BlockSequentialRunner._block_placement(block)[0].type == "cpu"
+                gram_dtype = torch.float64 if config.method == "sparsegpt" and on_cpu else torch.float32
+                with InputStatistics(block, gram=config.method == "sparsegpt", dtype=gram_dtype) as stats:
                     forward()
             for name, module in _prunable(block):
                 t0 = time.time()
