@@ -42,7 +42,7 @@ class LayerInfluenceTrainer(Trainer):
     def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,
                                 output_dir: str | os.PathLike | None = None, progress: bool = True,
                                 **options) -> LayerInfluenceScores:
-        """Per-block influence (SPEC §1–3) of ``train_dataset`` samples on the mean loss of ``eval_dataset``.
+        """Per-block influence (METHOD §1–3) of ``train_dataset`` samples on the mean loss of ``eval_dataset``.
 
         Args:
             train_dataset, eval_dataset: default to the Trainer's own datasets; they are collated by the

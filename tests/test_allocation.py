@@ -1,4 +1,4 @@
-"""Expert and sparsity allocation and PL_Alpha_Hill against direct float64 implementations of the SPEC."""
+"""Expert and sparsity allocation and PL_Alpha_Hill against direct float64 implementations of docs/METHOD.md."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Every estimator equals a float64 brute-force implementation of its SPEC formula (d-space, loops)."""
+"""Every estimator equals a float64 brute-force implementation of its formula in docs/METHOD.md (d-space, loops)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Turning per-block scores into allocations: LoRA experts per block (SPEC §4) and sparsity per block (§5)."""
+"""Turning per-block scores into allocations: LoRA experts per block (METHOD §4) and sparsity per block (§5)."""
 
 from .allocation import (
     Allocation,

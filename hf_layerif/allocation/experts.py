@@ -1,4 +1,4 @@
-"""Number of LoRA experts per block (SPEC §4), and the baselines the paper compares against."""
+"""Number of LoRA experts per block (METHOD §4), and the baselines the paper compares against."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ALPHALORA_EXPONENT = 2.5
 
 
 def largest_remainder_allocation(scores, total: int, alpha: float = 1.0) -> list[int]:
-    """E_l ≥ 1 with Σ E_l = total (SPEC §4 steps 1–4).
+    """E_l ≥ 1 with Σ E_l = total (METHOD §4 steps 1–4).
 
     t_l = q_l^α; f_l = t_l / Σ t · (T − L); E_l = ⌊f_l⌋ + 1; the R = T − Σ E_l remaining experts go to the
     blocks with the largest f_l − ⌊f_l⌋ (ties: lower block index first). All-zero scores give a uniform split.
@@ -76,7 +76,7 @@ def allocate_experts(scores=None, total_experts: int | None = None, alpha: float
             ``total_experts`` is reported in the log), or ``"alphalora"`` (the same allocator on block-mean
             PL_Alpha_Hill values ``alpha_hill`` with exponent 2.5; ``alpha`` is ignored).
         num_blocks: the model's block count (checked against the scores; needed for ``uniform``/MoLA without scores).
-        reverse: the opposite direction (SPEC §3 keeps it an option): a *smaller* score gets more experts. Scores
+        reverse: the opposite direction (METHOD §3 keeps it an option): a *smaller* score gets more experts. Scores
             are mirrored within their range (q ↦ max q + min q − q) before the power transform.
     """
     if method in MOLA_PATTERNS or (isinstance(method, str) and method.count(",") == 3):

@@ -1,4 +1,4 @@
-"""PL_Alpha_Hill (SPEC §6): the heavy-tail exponent of a weight matrix's eigenvalue spectrum.
+"""PL_Alpha_Hill (METHOD §6): the heavy-tail exponent of a weight matrix's eigenvalue spectrum.
 
 For W, the ESD is λ = squared singular values, ascending (exact zeros dropped: their log is undefined). For a
 candidate xmin = λ_i with n = N − i values at or above it, the Hill estimate is

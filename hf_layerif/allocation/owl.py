@@ -1,4 +1,4 @@
-"""OWL's layerwise outlier distribution (SPEC §6) and the sparsity ratios it gives.
+"""OWL's layerwise outlier distribution (METHOD §6) and the sparsity ratios it gives.
 
 For block l, the Wanda scores |W_ij| · ‖X_j‖₂ of all its linear weights (X: the module's calibration inputs)
 are pooled; LOD_l = 100 × the fraction of them greater than M × their mean (M = 5). Ratios: D_l =

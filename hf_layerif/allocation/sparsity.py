@@ -1,4 +1,4 @@
-"""Sparsity ratio per block (SPEC §5) with an exact global budget, and its baselines."""
+"""Sparsity ratio per block (METHOD §5) with an exact global budget, and its baselines."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def rebalance_to_budget(ratios: np.ndarray, params: np.ndarray, target: float, u
 
 def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_per_block, smooth: bool,
                          reverse: bool = False) -> np.ndarray:
-    """SPEC §5 steps 1–5: |q| → min-max → (Savitzky–Golay) → [1 − ε, 1 + ε] → budget → clamp + rebalance."""
+    """METHOD §5 steps 1–5: |q| → min-max → (Savitzky–Golay) → [1 − ε, 1 + ε] → budget → clamp + rebalance."""
     a = np.abs(np.asarray(values, dtype=np.float64))
     params = np.asarray(params_per_block, dtype=np.float64)
     if a.max() == a.min():
@@ -85,9 +85,9 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         method: ``"layerif"``, ``"uniform"`` (r_l = S), ``"alphapruning"`` (block-mean PL_Alpha_Hill values
             ``alpha_hill`` through the same map, no smoothing) or ``"owl"`` (``outlier_ratios`` = LOD per block
             from :func:`hf_layerif.allocation.owl.layerwise_outlier_distribution`, spread ``owl_lambda``).
-        reverse: the opposite direction (SPEC §3 keeps it an option): a larger |score| gets a *smaller* ratio
+        reverse: the opposite direction (METHOD §3 keeps it an option): a larger |score| gets a *smaller* ratio
             (the normalised scores are mirrored, a ↦ 1 − a, before smoothing and the linear map).
-    Direction: by default a larger score (or PL_Alpha_Hill) gets a larger ratio (SPEC §3).
+    Direction: by default a larger score (or PL_Alpha_Hill) gets a larger ratio (METHOD §3).
     """
     if not 0 < target_sparsity < 1:
         raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}.")

@@ -33,7 +33,7 @@ def as_score_vector(scores, num_blocks: int | None = None, name: str = "scores")
 def shift_negative(values: np.ndarray, name: str = "scores") -> np.ndarray:
     """Shift scores so the minimum is 0 when any is negative (aggregation ``all`` can give that), with a warning."""
     if values.min() < 0:
-        logger.warning("%s contain negative values (min %.4g); shifting them so that the minimum is 0 (SPEC §3).",
+        logger.warning("%s contain negative values (min %.4g); shifting them so that the minimum is 0 (METHOD §3).",
                        name, values.min())
         return values - values.min()
     return values

@@ -80,7 +80,7 @@ def compute_layer_influence(
     progress: bool = True,
     **options,
 ) -> LayerInfluenceScores:
-    """Per-block influence of each training sample on the mean validation loss (LayerIF, SPEC §1–3, §9–10).
+    """Per-block influence of each training sample on the mean validation loss (LayerIF, METHOD §1–3, §9–10).
 
     Args:
         model: a causal LM (``PreTrainedModel``) or a ``PeftModel`` with a LoRA adapter (``target="lora"``).

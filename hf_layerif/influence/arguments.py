@@ -14,7 +14,7 @@ GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 
 @dataclass
 class InfluenceArguments:
-    """How LayerIF influence is computed (SPEC §1–3).
+    """How LayerIF influence is computed (METHOD §1–3).
 
     Args:
         estimator: inverse-Hessian estimator: ``"datainf"`` (default), ``"exact"``, ``"lissa"`` or ``"tracin"``.

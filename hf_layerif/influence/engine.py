@@ -53,7 +53,7 @@ def fingerprint_examples(examples: Iterable) -> str:
 
 
 class InfluenceEngine:
-    """Per-block influence of training samples on the mean validation loss (SPEC §1–3).
+    """Per-block influence of training samples on the mean validation loss (METHOD §1–3).
 
     Args:
         model: a ``PreTrainedModel`` or ``PeftModel`` (dispatched / offloaded models are fine).

@@ -1,4 +1,4 @@
-"""Inverse-Hessian estimators of block influence (SPEC §2.1), all computed from Gram statistics.
+"""Inverse-Hessian estimators of block influence (METHOD §2.1), all computed from Gram statistics.
 
 For one parameter group (a block, or one tensor of a block) with per-sample gradients G ∈ R^{n×d} (row i is
 g_i) and mean validation gradient v ∈ R^d, every estimator here needs only

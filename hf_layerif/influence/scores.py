@@ -2,7 +2,7 @@
 
 Sign convention (Koh & Liang), stated in every file written: I_l(z_i) < 0 means up-weighting training sample
 z_i lowers the validation loss through block l (beneficial); I_l(z_i) > 0 means it raises it (detrimental).
-Block scores q_l are non-negative magnitudes of beneficial influence by default (SPEC §3); a larger q_l
+Block scores q_l are non-negative magnitudes of beneficial influence by default (METHOD §3); a larger q_l
 means the block is more sensitive to the task's data, i.e. less well trained for it.
 """
 
@@ -36,7 +36,7 @@ SIGN_CONVENTION = (
 
 
 def aggregate_block_scores(influence: torch.Tensor, aggregation: str = "positive", fraction: float = 0.25) -> torch.Tensor:
-    """Block scores q_l from influences [..., L, n] (SPEC §3); returns [..., L] float64.
+    """Block scores q_l from influences [..., L, n] (METHOD §3); returns [..., L] float64.
 
     - ``positive``: Σ_i max(−I_l(z_i), 0)  (LayerIF(+ve), default)
     - ``all``: −Σ_i I_l(z_i)  (may be negative)
@@ -106,7 +106,7 @@ class LayerInfluenceScores:
         return [v[0] for v in per_block] if all(len(v) == 1 for v in per_block) else per_block
 
     def block_scores(self, aggregation: str | None = None, fraction: float | None = None) -> torch.Tensor:
-        """Block scores q [num_blocks] float64 (SPEC §3; default aggregation from the run's arguments)."""
+        """Block scores q [num_blocks] float64 (METHOD §3; default aggregation from the run's arguments)."""
         aggregation = aggregation or self.arguments.get("aggregation", "positive")
         fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
         return aggregate_block_scores(self.influence, aggregation, fraction)
@@ -118,7 +118,7 @@ class LayerInfluenceScores:
 
     # --- stability -----------------------------------------------------------------------------------
     def stability(self, num_resamples: int | None = None, aggregation: str | None = None, seed: int | None = None) -> dict:
-        """Bootstrap over training samples of the block scores (SPEC §9), cached for the default settings.
+        """Bootstrap over training samples of the block scores (METHOD §9), cached for the default settings.
 
         Returns a dict with per-block ``mean``, ``std``, ``p05``, ``p95``, Spearman of resampled rankings to the
         full-data ranking (``spearman_to_full_mean`` / ``_p05``), ``pairwise_spearman_mean``, ``stable``, and

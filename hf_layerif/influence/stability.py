@@ -1,4 +1,4 @@
-"""Stability of the block ranking (SPEC §9): bootstrap over training samples and Spearman statistics."""
+"""Stability of the block ranking (METHOD §9): bootstrap over training samples and Spearman statistics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pruning with per-block sparsity: Magnitude, Wanda, SparseGPT (SPEC §7)."""
+"""Pruning with per-block sparsity: Magnitude, Wanda, SparseGPT (METHOD §7)."""
 
 from .config import PruningConfig
 from .evaluation import perplexity

@@ -18,7 +18,7 @@ PRUNING_CONFIG_FILE = "pruning_config.json"
 
 @dataclass
 class PruningConfig:
-    """Pruning to a global sparsity with per-block ratios (SPEC §5, §7).
+    """Pruning to a global sparsity with per-block ratios (METHOD §5, §7).
 
     Args:
         method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.

@@ -1,4 +1,4 @@
-"""Pruning of one linear weight (SPEC §7): Magnitude, Wanda and SparseGPT, unstructured or N:M.
+"""Pruning of one linear weight (METHOD §7): Magnitude, Wanda and SparseGPT, unstructured or N:M.
 
 Weights are [out, in] (rows = outputs, columns = inputs). Exact rounding: a matrix of N weights pruned at ratio r
 loses exactly round(N·r) of them (ties broken by index, never the reference codes' ``≤ threshold`` that can

@@ -1,4 +1,4 @@
-"""``LayerIFConfig``: a LoRA mixture of experts whose number of experts differs per Transformer block (SPEC §8)."""
+"""``LayerIFConfig``: a LoRA mixture of experts whose number of experts differs per Transformer block (METHOD §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The LoRA-MoE layer (SPEC §8): stacked expert tensors, a float32 top-k router, sparse token dispatch.
+"""The LoRA-MoE layer (METHOD §8): stacked expert tensors, a float32 top-k router, sparse token dispatch.
 
 Shapes for one adapter on a linear W ∈ R^{out×in} with E experts of rank r: ``layerif_A`` [E, in, r],
 ``layerif_B`` [E, r, out] (zeros at init), router ``layerif_router`` = ``nn.Linear(in, E, bias=False)`` in
