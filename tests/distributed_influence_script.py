@@ -24,6 +24,19 @@ def main(output: str) -> None:
     if accelerator.is_main_process:
         print(f"processes={accelerator.num_processes}")
 
+    # the same through the Trainer: its accelerator, collator and per-process sharded loaders
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hf_layerif import LayerInfluenceTrainer
+    from hf_layerif.data import InfluenceCollator
+
+    args = TrainingArguments(output_dir=output + "-trainer-run", per_device_eval_batch_size=2, report_to=[],
+                             use_cpu=True, disable_tqdm=True)
+    trainer = LayerInfluenceTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
+                                    eval_dataset=Dataset.from_list(val), data_collator=InfluenceCollator(0))
+    trainer.compute_layer_influence(progress=False, bootstrap_samples=0, output_dir=output + "-trainer")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -1,4 +1,5 @@
-"""`accelerate launch --num_processes 2` (CPU, gloo) gives the same scores as one process."""
+"""`accelerate launch --num_processes 2` (CPU, gloo) gives the same scores as one process, through
+compute_layer_influence and through LayerInfluenceTrainer."""
 
 import os
 import shutil
@@ -39,3 +40,7 @@ def test_two_processes_equal_one_process(tmp_path):
     one = compute_layer_influence(model, train, val, batch_size=2, progress=False, bootstrap_samples=0)
     torch.testing.assert_close(two.influence, one.influence, rtol=1e-5, atol=1e-6 * one.influence.abs().max().item())
     assert not (tmp_path / "two" / "influence_checkpoint").exists()
+    through_trainer = LayerInfluenceScores.from_pretrained(str(tmp_path / "two") + "-trainer")
+    assert through_trainer.provenance["num_processes"] == 2
+    torch.testing.assert_close(through_trainer.influence, one.influence, rtol=1e-5,
+                               atol=1e-6 * one.influence.abs().max().item())
