@@ -21,11 +21,11 @@ def require_shared():
         pytest.skip(f"real model/data not available: {STORIES260K} is absent")
 
 
-def tiny_llama(dtype=torch.float32, layers=3, seed=0, vocab=50):
+def tiny_llama(dtype=torch.float32, layers=3, seed=0, vocab=50, hidden=16, intermediate=24):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=24, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          attn_implementation="eager")
     return LlamaForCausalLM(config).to(dtype).eval()

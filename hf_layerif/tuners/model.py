@@ -10,6 +10,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from ..models.blocks import find_transformer_blocks
+from ..models.checks import check_quantized_shapes
 from ..utils.logging import get_logger
 from .config import LayerIFConfig
 from .layer import LayerIFLayer, Linear
@@ -65,6 +66,7 @@ class LayerIFModel(BaseTuner):
         return peft_config
 
     def _prepare_model(self, peft_config: LayerIFConfig, model: nn.Module) -> None:
+        check_quantized_shapes(model)
         blocks = find_transformer_blocks(model)
         self._block_prefixes = [name + "." for name in blocks.raw_names]
         if peft_config.experts_per_layer is not None and len(peft_config.experts_per_layer) != len(blocks):
