@@ -2,7 +2,9 @@
 
 A ``sys.meta_path`` finder answers only for the top-level ``peft`` module: it asks the other finders for the real
 spec and wraps its loader so that, once peft's ``__init__`` has executed, the PEFT type is registered. The finder
-removes itself after the first import. Registration errors are logged, never raised into peft's import.
+stays installed until peft is really executed: a mere ``importlib.util.find_spec("peft")`` (transformers probes
+for peft that way while loading any model) returns a spec that is never executed, and must not disarm it.
+Registration errors are warned about, never raised into peft's import.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class _RegisteringLoader(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
+        _remove_finder()
         try:
             from .tuners.peft_type import register
 
@@ -37,8 +40,9 @@ class _PeftImportFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != "peft":
             return None
-        _remove_finder()
         for finder in sys.meta_path:
+            if isinstance(finder, _PeftImportFinder):
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec = find_spec(fullname, path, target) if find_spec is not None else None
             if spec is not None:

@@ -297,3 +297,43 @@ def test_exclude_modules_and_modules_to_save_round_trip(tmp_path):
     torch.manual_seed(0)
     reloaded = PeftModel.from_pretrained(BUILDERS["llama"]().eval(), tmp_path)
     assert torch.equal(reloaded(input_ids=ids).logits, expected)
+
+
+ROUTES = {
+    # import hf_layerif first, then transformers loads a model (it probes for peft with find_spec), then peft
+    "hf_layerif, transformers, PeftModel": ("import hf_layerif\nfrom transformers import AutoModelForCausalLM\n"
+                                            "base = AutoModelForCausalLM.from_pretrained(BASE)\n"
+                                            "from peft import PeftModel\nmodel = PeftModel.from_pretrained(base, ADAPTER)"),
+    "hf_layerif, transformers load_adapter": ("import hf_layerif\nfrom transformers import AutoModelForCausalLM\n"
+                                              "model = AutoModelForCausalLM.from_pretrained(BASE)\n"
+                                              "model.load_adapter(ADAPTER)"),
+    "hf_layerif, AutoPeftModelForCausalLM": ("import hf_layerif\nfrom peft import AutoPeftModelForCausalLM\n"
+                                             "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER)"),
+    "transformers, hf_layerif, AutoPeftModel": ("from transformers import AutoModelForCausalLM\nimport hf_layerif\n"
+                                                "from peft import AutoPeftModelForCausalLM\n"
+                                                "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER)"),
+    "peft, hf_layerif, PeftModel": ("from peft import PeftModel\nimport hf_layerif\n"
+                                    "from transformers import AutoModelForCausalLM\n"
+                                    "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)"),
+}
+
+
+@pytest.mark.slow
+def test_registration_holds_for_every_import_order_and_loading_route(tmp_path):
+    """Each route in a fresh process: the LAYERIF type is known whatever was imported first."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    BUILDERS["llama"]().save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model = get_peft_model(base, LayerIFConfig(num_experts=3, task_type="CAUSAL_LM", lora_dropout=0.0))
+    model.save_pretrained(tmp_path / "adapter")  # records the base folder for AutoPeftModel
+    header = f"BASE = {str(tmp_path / 'base')!r}\nADAPTER = {str(tmp_path / 'adapter')!r}\n"
+    check = ("\nfrom hf_layerif.tuners import Linear\n"
+             "assert any(isinstance(m, Linear) for m in model.modules()), 'no LayerIF layer'\nprint('LOADED')\n")
+    failures = {}
+    for route, code in ROUTES.items():
+        done = subprocess.run([sys.executable, "-c", header + code + check], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 or "LOADED" not in done.stdout:
+            failures[route] = done.stderr[-800:]
+    assert not failures, failures
