@@ -170,6 +170,26 @@ class Allocation:
                    provenance=data.get("provenance") or {}, achieved_sparsity=data.get("achieved_sparsity"),
                    library_version=data["library_version"], created=data["created"])
 
+    @classmethod
+    def from_values(cls, values, kind: str, model: nn.Module, method: str = "custom", **hyperparameters) -> Allocation:
+        """An allocation from values computed elsewhere (one per Transformer block of ``model``).
+
+        ``kind="experts"``: integers ≥ 1; ``kind="sparsity"``: ratios in [0, 0.99] (the achieved parameter-weighted
+        sparsity is computed from the model's prunable parameters per block).
+        """
+        if kind not in ("experts", "sparsity"):
+            raise ValueError(f"kind must be 'experts' or 'sparsity', not {kind!r}.")
+        description = describe_model(model)
+        values = [int(v) for v in values] if kind == "experts" else [float(v) for v in values]
+        if len(values) != description["num_blocks"]:
+            raise ValueError(f"{len(values)} values for a model with {description['num_blocks']} Transformer blocks; "
+                             "give one value per block.")
+        achieved = None
+        if kind == "sparsity":
+            params = description["params_per_block"]
+            achieved = float(np.dot(values, params) / np.sum(params))
+        return cls(kind, values, method, dict(hyperparameters), description, achieved_sparsity=achieved)
+
     # --- fitting a model ------------------------------------------------------------------------------------
     def check_fits(self, model: nn.Module) -> None:
         """Raise ``ValueError`` saying what differs when ``model`` is not the model this allocation was made for
@@ -269,6 +289,9 @@ def compare_allocations(a: Allocation, b: Allocation) -> dict[str, Any]:
     """Spearman rank correlation of two allocations' per-block values and their per-block differences (b − a)."""
     from ..influence.stability import spearman
 
+    if a.kind != b.kind:
+        raise ValueError(f"compare_allocations compares allocations of one kind; got {a.kind!r} ({a.method}) and "
+                         f"{b.kind!r} ({b.method}).")
     if a.num_blocks != b.num_blocks:
         raise ValueError(f"the allocations have {a.num_blocks} and {b.num_blocks} blocks; compare allocations of one model.")
     diff = [float(y) - float(x) for x, y in zip(a.values, b.values)]

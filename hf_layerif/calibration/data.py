@@ -26,13 +26,17 @@ def _load_texts(source) -> list[str]:
         ds = load_any_dataset(str(path))
         column = "text" if "text" in ds.column_names else ds.column_names[0]
         return [str(t) for t in ds[column]]
-    import datasets
+    from ..data.loading import _looks_local, load_hub_dataset
 
+    if _looks_local(str(source)):
+        raise FileNotFoundError(f"calibration file {source} does not exist.")
+    offline = ("--calibration (calibration= in PruningConfig) set to a local json/jsonl/txt file with a 'text' "
+               "column, e.g. the first C4 shard's documents as jsonl")
     if source in ("c4", C4_HUB_ID):
-        ds = datasets.load_dataset(C4_HUB_ID, data_files={"train": C4_FIRST_SHARD}, split="train")
+        ds = load_hub_dataset(C4_HUB_ID, data_files={"train": C4_FIRST_SHARD}, split="train", local_option=offline)
     else:
         name, _, config = str(source).partition(":")
-        ds = datasets.load_dataset(name, config or None, split="train")
+        ds = load_hub_dataset(name, config or None, split="train", local_option=offline)
     return [str(t) for t in ds["text"]]
 
 

@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+
+LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt")
+
+
+def _looks_local(spec: str) -> bool:
+    """A spec written as a path (a known file suffix, or a leading ./ ../ / ~) is never sent to the Hub."""
+    return spec.lower().endswith(LOCAL_SUFFIXES) or spec.startswith(("./", "../", "/", "~", ".\\"))
+
+
+def _read_tsv(path: Path):
+    """A tab-separated file with a header row, quoting off (GLUE's convention: MRPC's sentences hold bare quotes)
+    and a UTF-8 byte-order mark tolerated; every column is a string."""
+    import datasets
+
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise ValueError(f"{path} is empty.")
+    header, body = rows[0], rows[1:]
+    bad = [i + 2 for i, row in enumerate(body) if len(row) != len(header)]
+    if bad:
+        raise ValueError(f"{path}: lines {bad[:5]} have another number of fields than the header ({len(header)}).")
+    return datasets.Dataset.from_dict({name: [row[j] for row in body] for j, name in enumerate(header)})
+
+
+def load_hub_dataset(name: str, config: str | None = None, *, local_option: str, **kwargs):
+    """``datasets.load_dataset(name, config, **kwargs)``, with an error that names the local replacement
+    (``local_option``, e.g. ``"--calibration path/to/c4.jsonl"``) when the Hub cannot be reached."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, **kwargs)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ConnectionError(
+            f"Could not load {name!r}{f' ({config})' if config else ''} from the Hugging Face Hub ({type(err).__name__}: "
+            f"{str(err)[:200]}). Offline, use local files instead: {local_option}."
+        ) from err
 
 
 def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = None, seed: int | None = None):
     """Load ``spec`` as a ``datasets.Dataset``.
 
-    - a ``.json`` / ``.jsonl`` / ``.csv`` / ``.tsv`` file: loaded with the matching ``datasets`` builder;
+    - a ``.json`` / ``.jsonl`` / ``.csv`` file: loaded with the matching ``datasets`` builder;
+    - a ``.tsv`` file: header row, tab-separated, quoting off (GLUE's format, e.g. MRPC ``train.tsv``);
     - a ``.txt`` file: paragraphs separated by blank lines, one sample each (column ``text``);
     - a folder written by ``save_to_disk`` (a ``DatasetDict`` picks ``split``);
     - anything else: a Hub dataset id (``"name"`` or ``"name:config"``), split ``split``.
@@ -17,7 +56,9 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
     """
     import datasets
 
-    path = Path(spec)
+    path = Path(spec).expanduser()
+    if not path.exists() and _looks_local(spec):
+        raise FileNotFoundError(f"{spec}: no such file or folder (a local path, so the Hub was not asked).")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in (".json", ".jsonl"):
@@ -25,7 +66,7 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
         elif suffix == ".csv":
             ds = datasets.load_dataset("csv", data_files=str(path), split="train")
         elif suffix == ".tsv":
-            ds = datasets.load_dataset("csv", data_files=str(path), split="train", delimiter="\t")
+            ds = _read_tsv(path)
         elif suffix == ".txt":
             text = path.read_text(encoding="utf-8", errors="replace")
             paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
@@ -41,7 +82,8 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
         ds = loaded
     else:
         name, _, config = spec.partition(":")
-        ds = datasets.load_dataset(name, config or None, split=split)
+        ds = load_hub_dataset(name, config or None, split=split,
+                              local_option="a local .json/.jsonl/.csv/.tsv/.txt file or a save_to_disk folder")
     if seed is not None:
         ds = ds.shuffle(seed=seed)
     if max_samples is not None:

@@ -105,34 +105,40 @@ def _hellaswag_clean(text: str) -> str:
 
 
 def _hub_items(task: str, split: str | None) -> list[MultipleChoiceItem]:
-    import datasets
+    from ..data.loading import load_hub_dataset
+
+    offline = (f"--task_files {task}=path/to/file (task_files= in zero_shot): LLM-Adapters JSON for "
+               "boolq/winogrande/piqa/arc/openbookqa, GLUE dev.tsv for rte, HellaSwag's 6-line text for hellaswag")
+
+    def load(name: str, config: str | None = None, **kwargs):
+        return load_hub_dataset(name, config, local_option=offline, **kwargs)
 
     if task == "boolq":
-        ds = datasets.load_dataset("google/boolq", split=split or "validation")
+        ds = load("google/boolq", split=split or "validation")
         return [MultipleChoiceItem(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", [" no", " yes"], int(r["answer"]))
                 for r in ds]
     if task == "rte":
-        ds = datasets.load_dataset("nyu-mll/glue", "rte", split=split or "validation")
+        ds = load("nyu-mll/glue", "rte", split=split or "validation")
         return [MultipleChoiceItem(f"{r['sentence1']}\nQuestion: {r['sentence2']} True or False?\nAnswer:",
                                    [" True", " False"], int(r["label"])) for r in ds]
     if task == "hellaswag":
-        ds = datasets.load_dataset("Rowan/hellaswag", split=split or "validation")
+        ds = load("Rowan/hellaswag", split=split or "validation")
         return [MultipleChoiceItem(_hellaswag_clean(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}"),
                                    [" " + _hellaswag_clean(e) for e in r["endings"]], int(r["label"])) for r in ds]
     if task == "winogrande":
-        ds = datasets.load_dataset("allenai/winogrande", "winogrande_xl", split=split or "validation")
+        ds = load("allenai/winogrande", "winogrande_xl", split=split or "validation")
         return [_winogrande_item(r["sentence"], [r["option1"], r["option2"]], int(r["answer"]) - 1) for r in ds]
     if task in ("arc_easy", "arc_challenge"):
-        ds = datasets.load_dataset("allenai/ai2_arc", "ARC-Easy" if task == "arc_easy" else "ARC-Challenge",
+        ds = load("allenai/ai2_arc", "ARC-Easy" if task == "arc_easy" else "ARC-Challenge",
                                    split=split or "test")
         return [MultipleChoiceItem(f"Question: {r['question']}\nAnswer:", [f" {t}" for t in r["choices"]["text"]],
                                    r["choices"]["label"].index(r["answerKey"])) for r in ds]
     if task == "openbookqa":
-        ds = datasets.load_dataset("allenai/openbookqa", "main", split=split or "test")
+        ds = load("allenai/openbookqa", "main", split=split or "test")
         return [MultipleChoiceItem(r["question_stem"], [f" {t}" for t in r["choices"]["text"]],
                                    r["choices"]["label"].index(r["answerKey"])) for r in ds]
     if task == "piqa":
-        ds = datasets.load_dataset("ybisk/piqa", split=split or "validation")
+        ds = load("ybisk/piqa", split=split or "validation")
         return [MultipleChoiceItem(f"Question: {r['goal']}\nAnswer:", [f" {r['sol1']}", f" {r['sol2']}"], int(r["label"]))
                 for r in ds]
     raise ValueError(f"unknown task {task!r}")
@@ -156,6 +162,8 @@ def load_task(task: str, path: str | None = None, split: str | None = None, limi
     from the Hub when ``path`` is None."""
     if task not in TASK_LOADERS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_LOADERS)}")
+    if path is not None and not Path(path).exists():
+        raise FileNotFoundError(f"task file for {task!r} not found: {path}")
     items = TASK_LOADERS[task](Path(path)) if path is not None else _hub_items(task, split)
     return items[:limit] if limit is not None else items
 

@@ -21,6 +21,7 @@ from .cards import eval_results_for, render_card
 logger = get_logger(__name__)
 
 PLOT_FILE = "layerif_allocation.png"
+STAGING_MARKER = ".hf-layerif-staging"
 
 
 def _default_local_dir(repo_id: str) -> Path:
@@ -112,26 +113,52 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
     return info
 
 
+def _check_allocation(allocation) -> None:
+    if not isinstance(allocation, Allocation):
+        raise TypeError(
+            f"allocation must be an hf_layerif Allocation, not {type(allocation).__name__}. Build one with "
+            "hf_layerif.expert_allocation(scores, total_experts) / hf_layerif.sparsity_allocation(scores, sparsity), "
+            "Allocation.from_values(values, kind, model) for a plain list, or load one with "
+            "hf_layerif.load_allocation(path_or_repo_id)."
+        )
+
+
+def _prepare_staging_dir(local: Path) -> None:
+    """Make ``local`` an empty staging folder, so a push uploads only what it staged now.
+
+    A folder staged before by hf-layerif (it holds :data:`STAGING_MARKER`) is emptied; any other non-empty
+    folder is refused rather than deleted or uploaded.
+    """
+    if local.exists() and any(local.iterdir()):
+        if not (local / STAGING_MARKER).exists():
+            raise ValueError(
+                f"{local} is not empty and was not staged by hf-layerif: a push uploads every file of its staging "
+                "folder. Pass local_dir= a new or empty folder."
+            )
+        shutil.rmtree(local)
+    local.mkdir(parents=True, exist_ok=True)
+    (local / STAGING_MARKER).write_text("staged by hf-layerif; emptied by the next push\n", encoding="utf-8")
+
+
 def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, model=None, repo_id: str = "your-name/your-repo",
-                     eval_results: dict | None = None) -> tuple[Path, str]:
+                     eval_results: dict | None = None, clean: bool = False) -> tuple[Path, str]:
     """Write what :func:`push_allocation_to_hub` uploads — the allocation, its plot, the model files and the model
-    card (README.md) — into ``local_dir``; returns (folder, kind). Useful on its own to inspect or share offline."""
+    card (README.md) — into ``local_dir``; returns (folder, kind). Useful on its own to inspect or share offline.
+
+    ``clean=True`` (what a push uses) first empties a folder staged before, so files of an earlier, different
+    push (an adapter where now only an allocation is staged) are never uploaded again.
+    """
     from huggingface_hub import ModelCardData
 
+    _check_allocation(allocation)
     kind = _classify(model)
     if kind == "lora_moe" and allocation.kind != "experts":
         raise ValueError("a LoRA-MoE adapter goes with an expert allocation (kind='experts').")
     if kind == "pruned" and allocation.kind != "sparsity":
         raise ValueError("a pruned model goes with a sparsity allocation (kind='sparsity').")
     local = Path(local_dir)
-    info = _stage(allocation, model, kind, local)
-
-    kind = _classify(model)
-    if kind == "lora_moe" and allocation.kind != "experts":
-        raise ValueError("a LoRA-MoE adapter goes with an expert allocation (kind='experts').")
-    if kind == "pruned" and allocation.kind != "sparsity":
-        raise ValueError("a pruned model goes with a sparsity allocation (kind='sparsity').")
-    local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
+    if clean:
+        _prepare_staging_dir(local)
     info = _stage(allocation, model, kind, local)
     base_model = allocation.model.get("model_id") or allocation.model.get("architecture") or "unknown"
     method_tag = allocation.method if allocation.method != "layerif" else "layerif-allocation"
@@ -192,8 +219,9 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
     Returns:
         the ``CommitInfo`` of the single commit.
     """
+    _check_allocation(allocation)
     local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
-    local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results)
+    local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True)
     return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
                               commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
                               + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))

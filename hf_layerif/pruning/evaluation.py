@@ -12,16 +12,19 @@ import torch
 def load_wikitext2_test(source: str | None = None) -> str:
     """WikiText-2-raw test text joined with ``"\\n\\n"``: from a local jsonl (``{"text": ...}`` rows), a text file
     (already joined), or the Hub (``wikitext``, ``wikitext-2-raw-v1``)."""
-    if source is not None and Path(source).exists():
+    if source is not None and not Path(source).exists():
+        raise FileNotFoundError(f"WikiText-2 file {source} does not exist.")
+    if source is not None:
         path = Path(source)
         if path.suffix == ".jsonl":
             import json
 
             return "\n\n".join(json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line)
         return path.read_text(encoding="utf-8")
-    import datasets
+    from ..data.loading import load_hub_dataset
 
-    rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+    rows = load_hub_dataset("wikitext", "wikitext-2-raw-v1", split="test",
+                            local_option="--wikitext2 path/to/test.jsonl (rows {'text': ...}) or the joined test text")["text"]
     return "\n\n".join(rows)
 
 
