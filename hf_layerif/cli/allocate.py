@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 KINDS = ("experts", "sparsity")
@@ -10,28 +11,45 @@ KINDS = ("experts", "sparsity")
 
 @dataclass
 class AllocateArguments:
-    """Turn LayerIF scores (``--scores``, a folder written by ``hf-layerif score``) into an allocation, or compute
-    a baseline. ``alphalora``, ``alphapruning`` and ``owl`` read the model (``--model``)."""
+    """Options shared by ``allocate experts`` and ``allocate sparsity``."""
 
     scores: str | None = field(default=None, metadata={"help": "Folder with layerif_scores.json (hf-layerif score --output)."})
     output: str = field(default="layerif-allocation", metadata={"help": "Output folder (layerif_allocation.json, allocation.png)."})
-    baseline: str | None = field(default=None, metadata={"help": "experts: uniform, 2468, 5555, 8642, 1234, 46810, alphalora; "
-                                                                  "sparsity: uniform, owl, alphapruning."})
-    model: str | None = field(default=None, metadata={"help": "Model path or Hub id (needed by alphalora/alphapruning/owl)."})
+    model: str | None = field(default=None, metadata={"help": "Model path or Hub id (needed by model-based baselines)."})
     revision: str | None = field(default=None, metadata={"help": "Model revision."})
     aggregation: str | None = field(default=None, metadata={"help": "Block-score aggregation (default: the one the scores were made with)."})
-    total: int | None = field(default=None, metadata={"help": "experts: total number of experts T."})
-    alpha: float = field(default=1.0, metadata={"help": "experts: exponent of the power transform."})
-    sparsity: float | None = field(default=None, metadata={"help": "sparsity: global target sparsity S."})
-    epsilon: float = field(default=0.3, metadata={"help": "sparsity: ratio band half-width ε."})
-    no_smooth: bool = field(default=False, metadata={"help": "sparsity: no Savitzky-Golay smoothing of LayerIF scores."})
     reverse: bool = field(default=False, metadata={"help": "Opposite direction: larger scores get fewer experts / less sparsity."})
-    owl_lambda: float = field(default=0.08, metadata={"help": "sparsity/owl: spread λ."})
-    calibration: str = field(default="c4", metadata={"help": "sparsity/owl: calibration data (c4, a file, or a Hub id)."})
-    nsamples: int = field(default=128, metadata={"help": "sparsity/owl: calibration sequences."})
-    seqlen: int = field(default=2048, metadata={"help": "sparsity/owl: tokens per calibration sequence."})
-    seed: int = field(default=0, metadata={"help": "sparsity/owl: calibration sampling seed."})
     device: str | None = field(default=None, metadata={"help": "Device for model-based baselines."})
+
+
+@dataclass
+class ExpertAllocationArguments(AllocateArguments):
+    """``hf-layerif allocate experts``: LoRA-MoE experts per block from LayerIF scores (``--scores``), or a baseline;
+    ``alphalora`` reads the model (``--model``)."""
+
+    total: int | None = field(default=None, metadata={"help": "Total number of experts T (required)."})
+    alpha: float = field(default=1.0, metadata={"help": "Exponent of the power transform of the scores."})
+    baseline: str | None = field(default=None, metadata={"help": "uniform, 2468, 5555, 8642, 1234, 46810 (MoLA) or alphalora."})
+
+
+@dataclass
+class SparsityAllocationArguments(AllocateArguments):
+    """``hf-layerif allocate sparsity``: pruning sparsity per block from LayerIF scores (``--scores``), or a
+    baseline; ``owl`` and ``alphapruning`` read the model (``--model``)."""
+
+    sparsity: float | None = field(default=None, metadata={"help": "Global target sparsity S (required)."})
+    epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width ε: ratios span [S(1-ε), S(1+ε)] before rescaling."})
+    no_smooth: bool = field(default=False, metadata={"help": "No Savitzky-Golay smoothing of LayerIF scores."})
+    baseline: str | None = field(default=None, metadata={"help": "uniform, owl or alphapruning."})
+    owl_lambda: float = field(default=0.08, metadata={"help": "owl: spread λ."})
+    calibration: str = field(default="c4", metadata={"help": "owl: calibration data: c4 (Hub), a local json/jsonl/txt file "
+                                                              "(txt: paragraphs separated by blank lines) or a Hub id."})
+    nsamples: int = field(default=128, metadata={"help": "owl: calibration sequences."})
+    seqlen: int = field(default=2048, metadata={"help": "owl: tokens per calibration sequence (capped at the model's context)."})
+    seed: int = field(default=0, metadata={"help": "owl: calibration sampling seed."})
+
+
+ARGUMENTS = {"experts": ExpertAllocationArguments, "sparsity": SparsityAllocationArguments}
 
 
 def _load_model(args: AllocateArguments):
@@ -48,10 +66,17 @@ def _load_model(args: AllocateArguments):
 def run(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
+    usage = (f"usage: hf-layerif allocate {{{','.join(KINDS)}}} [options]\n\n"
+             "  experts    LoRA-MoE experts per block (hf-layerif allocate experts --help)\n"
+             "  sparsity   pruning sparsity per block (hf-layerif allocate sparsity --help)")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if not argv or argv[0] not in KINDS:
-        raise SystemExit(f"usage: hf-layerif allocate {{{','.join(KINDS)}}} [options]; `hf-layerif allocate experts --help`")
+        print(usage, file=sys.stderr)
+        return 2
     kind = argv.pop(0)
-    parser = HfArgumentParser(AllocateArguments, prog=f"hf-layerif allocate {kind}")
+    parser = HfArgumentParser(ARGUMENTS[kind], prog=f"hf-layerif allocate {kind}")
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return allocate(kind, args)
 
@@ -93,8 +118,10 @@ def allocate(kind: str, args: AllocateArguments) -> int:
         elif method == "owl":
             from ..allocation.owl import layerwise_outlier_distribution
             from ..calibration import get_calibration_data
+            from ..models.checks import check_sequence_length
 
-            ids = get_calibration_data(tokenizer, args.calibration, args.nsamples, args.seqlen, args.seed)
+            seqlen = check_sequence_length(args.seqlen, model, "--seqlen")
+            ids = get_calibration_data(tokenizer, args.calibration, args.nsamples, seqlen, args.seed)
             extra["outlier_ratios"] = layerwise_outlier_distribution(model, ids)
         chosen = sparsity_allocation(scores, args.sparsity, model=model, epsilon=args.epsilon,
                                      smooth=False if args.no_smooth else None, method=method,

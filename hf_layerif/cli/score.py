@@ -15,7 +15,7 @@ class ScoreArguments:
 
     model: str | None = field(default=None, metadata={"help": "Model path or Hub id (default: the embedded demo model)."})
     revision: str | None = field(default=None, metadata={"help": "Model revision on the Hub."})
-    train: str | None = field(default=None, metadata={"help": "Training data: json/jsonl/csv/tsv/txt file, save_to_disk folder or Hub id."})
+    train: str | None = field(default=None, metadata={"help": "Training data: json/jsonl/csv file, tsv with a header (GLUE), txt (one sample per paragraph: blank lines separate samples), save_to_disk folder or Hub id."})
     validation: str | None = field(default=None, metadata={"help": "Validation data (same forms as --train)."})
     train_split: str = field(default="train", metadata={"help": "Split of --train for folders / Hub ids."})
     validation_split: str = field(default="validation", metadata={"help": "Split of --validation for folders / Hub ids."})

@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..utils.logging import get_logger
+
+logger = get_logger(__name__)
+
 PROMPT_KEYS = (("instruction", "input", "output"), ("prompt", None, "completion"), ("question", None, "answer"))
 
 
@@ -22,8 +26,11 @@ def _format_prompt(instruction: str, extra: str | None) -> str:
 
 
 def prepare_examples(dataset: Any, tokenizer=None, max_length: int | None = None, text_column: str | None = None,
-                     name: str = "dataset") -> list[dict[str, list[int]]]:
+                     name: str = "dataset", length_source: str = "max_length") -> list[dict[str, list[int]]]:
     """Tokenize (if needed) and truncate ``dataset``; return a list of examples with int lists.
+
+    Samples longer than ``max_length`` are truncated with one warning that says how many (``length_source`` names
+    where the limit came from: ``max_length`` or the model's context).
 
     Raises:
         ValueError: empty dataset, text without a tokenizer, or unknown columns (naming the expected ones).
@@ -38,6 +45,7 @@ def prepare_examples(dataset: Any, tokenizer=None, max_length: int | None = None
         raise ValueError(f"{name} is empty: give at least one sample.")
     first = dataset[0]
     examples: list[dict[str, list[int]]] = []
+    truncated = 0
     if isinstance(first, str):
         rows: Sequence = [{"text": t} for t in dataset]
         text_column = "text"
@@ -80,6 +88,7 @@ def prepare_examples(dataset: Any, tokenizer=None, max_length: int | None = None
                 labels = [-100] * n_prompt + list(full_ids[n_prompt:])
                 example = {"input_ids": list(full_ids), "labels": labels}
                 if max_length is not None and len(full_ids) > max_length:
+                    truncated += 1
                     # keep the answer: drop prompt tokens from the left (after BOS, if any)
                     keep_bos = tokenizer.bos_token_id is not None and full_ids[0] == tokenizer.bos_token_id
                     cut = len(full_ids) - max_length
@@ -88,8 +97,14 @@ def prepare_examples(dataset: Any, tokenizer=None, max_length: int | None = None
                 examples.append(example)
     if max_length is not None:
         for example in examples:
+            if len(example["input_ids"]) > max_length:
+                truncated += 1
             for key in list(example):
                 example[key] = example[key][:max_length]
+    if truncated:
+        logger.warning("%d of %d samples of %s are longer than %d tokens (%s) and were truncated to it (instruction "
+                       "data keeps its answer). Set max_length= to choose the limit.", truncated, len(examples), name,
+                       max_length, length_source)
     return examples
 
 

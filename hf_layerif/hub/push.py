@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
+from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
 from .cards import eval_results_for, render_card
 
@@ -200,6 +201,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
                            top_k=config["top_k"], router_aux_loss_coef=config["router_aux_loss_coef"],
                            eval_rows=eval_rows, **common)
     card.save(local / "README.md")  # replaces any generic card PEFT / transformers wrote
+    normalize_permissions(local)
     return local, kind
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import time
@@ -15,10 +16,13 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..data import InfluenceCollator, prepare_examples, validate_examples
+from ..models.checks import model_max_length
+from ..utils.locking import folder_lock
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
+from .checkpoint import check_resumable, model_weights_fingerprint, resume_key
 from .engine import CHECKPOINT_DIRNAME, InfluenceEngine, fingerprint_examples, lora_is_fresh, reinitialize_lora_a
-from .scores import LayerInfluenceScores, aggregate_block_scores
+from .scores import SCORES_JSON, LayerInfluenceScores, aggregate_block_scores
 
 logger = get_logger(__name__)
 
@@ -61,6 +65,20 @@ def _json_safe(value):
     return str(value)
 
 
+def effective_max_length(model: nn.Module, max_length: int | None) -> tuple[int | None, str]:
+    """The truncation length for samples and where it comes from: ``max_length``, capped at the model's context
+    (positions beyond it either crash or are silently meaningless, depending on the position encoding)."""
+    limit = model_max_length(model)
+    if limit is None:
+        return max_length, "max_length"
+    if max_length is None:
+        return limit, "the model's context (max_position_embeddings)"
+    if max_length > limit:
+        logger.warning("max_length=%d exceeds the model's context of %d positions; truncating to %d.", max_length, limit, limit)
+        return limit, "the model's context (max_position_embeddings)"
+    return max_length, "max_length"
+
+
 def _vocab_size(model: nn.Module) -> int | None:
     embeddings = model.get_input_embeddings()
     return getattr(embeddings, "num_embeddings", None)
@@ -100,8 +118,9 @@ def compute_layer_influence(
         convention (negative = the sample lowers the validation loss through that block).
     """
     args = (args or InfluenceArguments()).replace(**options) if options else (args or InfluenceArguments())
-    train = prepare_examples(train_dataset, tokenizer, args.max_length, text_column, name="train_dataset")
-    evals = prepare_examples(eval_dataset, tokenizer, args.max_length, text_column, name="eval_dataset")
+    max_length, source = effective_max_length(model, args.max_length)
+    train = prepare_examples(train_dataset, tokenizer, max_length, text_column, name="train_dataset", length_source=source)
+    evals = prepare_examples(eval_dataset, tokenizer, max_length, text_column, name="eval_dataset", length_source=source)
     vocab = _vocab_size(model)
     validate_examples(train, vocab, "train_dataset")
     validate_examples(evals, vocab, "eval_dataset")
@@ -137,13 +156,35 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
                          "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
     checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
     data_fp = data_fingerprint
-    resume_key = None
+    processes = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    key = None
     if checkpoint_dir is not None:
-        resume_key = {"arguments": args.gradient_fingerprint(), "data": data_fp,
-                      "model": model_provenance(model).get("model_id", ""),
-                      "blocks": engine.blocks.names, "dims": engine.dims_per_block,
-                      "processes": 1 if accelerator is None else accelerator.num_processes}
-        resume_key = _json_safe(resume_key)
+        key = resume_key(args, data_fp, model_provenance(model).get("model_id", ""),
+                         model_weights_fingerprint(model, engine.tracked), list(engine.blocks.names),
+                         engine.dims_per_block, processes)
+    with contextlib.ExitStack() as stack:
+        if output_dir is not None:
+            # one run per output folder: a second one would overwrite the first one's checkpoint and spill files
+            stack.enter_context(folder_lock(output_dir, f".hf-layerif-rank{rank}.lock"))
+            if (Path(output_dir) / SCORES_JSON).exists() and (accelerator is None or accelerator.is_main_process):
+                logger.warning("%s holds finished scores; they will be replaced when this run finishes.", output_dir)
+        if checkpoint_dir is not None:
+            own_dir = checkpoint_dir / f"rank{rank}" if processes > 1 else checkpoint_dir
+            steps_done = check_resumable(own_dir, key, num_train, args.batch_size, processes)
+            if steps_done is not None:
+                total = math.ceil(num_train / (args.batch_size * processes))
+                logger.warning("Resuming the influence run in %s from step %d of %d%s.", checkpoint_dir, steps_done, total,
+                               " (validation pass done)" if steps_done == 0 else "")
+        return _run_and_save(engine, train_loader, eval_loader, num_train, num_eval, data_fp, output_dir, cache_dir,
+                             checkpoint_dir, key)
+
+
+def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int, data_fp: dict,
+                  output_dir, cache_dir, checkpoint_dir: Path | None, resume_key: dict | None) -> LayerInfluenceScores:
+    args = engine.args
+    model = engine.model
+    accelerator = engine.accelerator
     started = time.time()
     influence, damping, est_settings, losses = engine.run(train_loader(), eval_loader(), num_train, num_eval,
                                                           checkpoint_dir, resume_key, cache_dir)

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.blocks import TransformerBlocks, find_transformer_blocks, model_dtype, tracked_modules
+from ..models.checks import check_finite_weights, check_quantized_shapes, model_max_length
 from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
@@ -74,6 +75,9 @@ class InfluenceEngine:
         self.autocast = autocast or contextlib.nullcontext
         self.is_main = accelerator is None or accelerator.is_main_process
         self.progress = progress and self.is_main
+        check_finite_weights(model, "the model to score")
+        check_quantized_shapes(model)
+        self.max_positions = model_max_length(model)
         self.blocks: TransformerBlocks = find_transformer_blocks(model, args.block_pattern)
         self.tracked = tracked_modules(self.blocks, args.target, args.adapter_name)
         base_dtype = model_dtype(model)
@@ -133,6 +137,11 @@ class InfluenceEngine:
         return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
     def _batch_grads(self, batch: dict, offset: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        ids = batch.get("input_ids")
+        if self.max_positions is not None and ids is not None and ids.shape[-1] > self.max_positions:
+            raise ValueError(f"a batch at sample {offset} has {ids.shape[-1]} tokens, more than the model's context of "
+                             f"{self.max_positions} positions. Truncate the samples (max_length=, or the tokenizer's "
+                             "truncation=True with max_length) before scoring.")
         labels = batch.get("labels")
         if labels is not None and labels.dim() == 2:
             counts = (labels[:, 1:] != -100).sum(1)

@@ -32,6 +32,9 @@ def load_wikitext2_test(source: str | None = None) -> str:
 def perplexity(model, tokenizer, text: str | None = None, seqlen: int = 2048, input_ids: torch.Tensor | None = None,
                max_windows: int | None = None, batch_size: int = 1) -> float:
     """Perplexity over non-overlapping ``seqlen`` windows of the tokenized ``text`` (or given ``input_ids`` [1, T])."""
+    from ..models.checks import check_sequence_length
+
+    seqlen = check_sequence_length(seqlen, model, "perplexity seqlen")
     if input_ids is None:
         if text is None:
             raise ValueError("pass text= or input_ids=")

@@ -17,6 +17,8 @@ from torch import nn
 
 from ..calibration import BlockSequentialRunner, InputStatistics, get_calibration_data
 from ..models.blocks import find_transformer_blocks, is_linear_like
+from ..models.checks import check_finite_weights, model_max_length
+from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
 from .config import PruningConfig
 from .masks import magnitude_mask, sparsegpt_prune, wanda_mask
@@ -132,6 +134,10 @@ class LayerIFPruner:
         return {"activation_device": config.activation_device, "activation_dtype": dtype}
 
     def calibration_ids(self, config: PruningConfig, calibration_dataset=None) -> torch.Tensor:
+        limit = model_max_length(self.model)
+        if limit is not None and not isinstance(calibration_dataset, torch.Tensor) and config.seqlen > limit:
+            raise ValueError(f"seqlen={config.seqlen} calibration tokens exceed the model's context of {limit} "
+                             f"positions; pass seqlen <= {limit} (--seqlen {limit}).")
         if isinstance(calibration_dataset, torch.Tensor):
             ids = calibration_dataset
         else:
@@ -139,10 +145,9 @@ class LayerIFPruner:
                 raise ValueError("calibration from text needs a tokenizer: LayerIFPruner(model, tokenizer).")
             source = calibration_dataset if calibration_dataset is not None else config.calibration
             ids = get_calibration_data(self.tokenizer, source, config.nsamples, config.seqlen, config.seed)
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         if limit is not None and ids.shape[1] > limit:
-            raise ValueError(f"calibration sequences of {ids.shape[1]} tokens exceed the model's "
-                             f"max_position_embeddings={limit}; lower seqlen.")
+            raise ValueError(f"calibration sequences of {ids.shape[1]} tokens exceed the model's context of {limit} "
+                             "positions; lower seqlen.")
         return ids
 
     # --- pruning ------------------------------------------------------------------------------------------
@@ -152,6 +157,7 @@ class LayerIFPruner:
         ``calibration_dataset``: token ids [nsamples, seqlen], texts, a file or a Hub id (default ``config.calibration``).
         """
         config = config or PruningConfig()
+        check_finite_weights(self.model, "the model to prune")
         started = time.time()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -240,6 +246,7 @@ class LayerIFPruner:
         """The model, tokenizer, allocation, config and report, without the card (used by ``save_pretrained``)."""
         if self.report is None:
             raise ValueError("nothing to save yet: call prune() first.")
+        check_finite_weights(self.model, "the pruned model")
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
@@ -249,4 +256,5 @@ class LayerIFPruner:
             self.allocation.save_pretrained(path)
         self.config.save_pretrained(path)
         self.report.save(path)
+        normalize_permissions(path)
         return path

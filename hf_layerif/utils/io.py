@@ -48,6 +48,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def normalize_permissions(folder: str | os.PathLike) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` that only its owner can read the mode a plain ``open()``
+    would have given.
+
+    safetensors 0.8 writes its files with mode 0600 (whatever the umask), and so do ``save_pretrained`` of
+    transformers and PEFT through it; run after them so others on a shared cluster can load the result.
+    """
+    mode = _default_file_mode()
+    for path in Path(folder).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+            os.chmod(path, mode)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as UTF-8 JSON with sorted keys, atomically."""
     with atomic_path(path) as tmp:

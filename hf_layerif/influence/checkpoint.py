@@ -1,0 +1,106 @@
+"""What makes an influence checkpoint reusable: a key over everything that changes the result.
+
+A run that writes into an output folder checkpoints there; re-running *the same* call resumes. "The same" is
+decided by :func:`resume_key`: the weights being scored (a fingerprint of every tracked parameter and of the
+base model's parameters), the model id, the data, every influence argument, the blocks and the process count.
+A checkpoint made with another key is refused, with the differing fields named, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils.io import read_json
+
+# arguments that do not change the checkpointed state (how often it is saved)
+_NOT_IN_KEY = ("checkpoint_every",)
+
+
+def fingerprint_parameters(named: list[tuple[str, torch.Tensor]]) -> str:
+    """sha256 (16 hex digits) of cheap statistics of each tensor: name, shape, dtype, float32 sum, L2 norm and
+    64 strided values. One device→host copy in total; a re-drawn adapter or a changed weight changes it.
+    Tensors on ``meta`` (offloaded) contribute their name and shape only."""
+    digest = hashlib.sha256()
+    stats = []
+    for name, tensor in named:
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if tensor.device.type == "meta" or tensor.numel() == 0 or not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        acc = torch.float64 if flat.dtype == torch.float64 else torch.float32  # accumulate without a full copy
+        stats.append(torch.cat([flat.sum(dtype=acc).reshape(1), torch.linalg.vector_norm(flat, dtype=acc).reshape(1),
+                                flat[::step][:64].to(acc)]).to("cpu", torch.float64))
+    if stats:
+        digest.update(torch.cat(stats).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_weights_fingerprint(model: nn.Module, tracked) -> dict[str, str]:
+    """Fingerprints of the tracked parameters (the adapter, or the blocks' linears for ``target='full'``) and of
+    every parameter of the model."""
+    tracked_params = [(m.name + "." + pname, p) for modules in tracked for m in modules
+                      for pname, p in m.module.named_parameters(recurse=False)]
+    return {"tracked": fingerprint_parameters(tracked_params),
+            "model": fingerprint_parameters(list(model.named_parameters()))}
+
+
+def resume_key(args, data_fingerprint: dict, model_id: str, weights: dict[str, str], blocks: list[str],
+               dims: list[int], processes: int) -> dict[str, Any]:
+    """The JSON-safe key a checkpoint must match to be resumed."""
+    arguments = {k: v for k, v in args.to_dict().items() if k not in _NOT_IN_KEY}
+    key = {"arguments": arguments, "data": data_fingerprint, "model": model_id, "weights": weights,
+           "blocks": blocks, "dims": dims, "processes": processes}
+    return json.loads(json.dumps(key, default=str))
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for name in sorted(set(saved) | set(current)):
+        a, b = saved.get(name), current.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def saved_key(checkpoint_dir: Path) -> dict | None:
+    """The key of the checkpoint in ``checkpoint_dir`` (``None`` when there is none)."""
+    for name in ("gram_state.json", "validation.json"):
+        path = checkpoint_dir / name
+        if path.exists():
+            meta = read_json(path)
+            return meta.get("fingerprint", meta.get("key"))
+    return None
+
+
+def check_resumable(checkpoint_dir: Path, key: dict, num_train: int, batch_size: int, processes: int) -> int | None:
+    """Compare the checkpoint in ``checkpoint_dir`` with ``key``.
+
+    Returns the number of training steps already done (0 when only the validation pass was saved), or ``None``
+    when there is no checkpoint. Raises ``ValueError`` naming the differing fields and how to resume or start
+    over when the checkpoint belongs to another run.
+    """
+    saved = saved_key(checkpoint_dir)
+    if saved is None:
+        return None
+    if saved != key:
+        diff = _differences(saved, key)
+        raise ValueError(
+            f"{checkpoint_dir} holds a checkpoint of a different influence run (it differs in: "
+            f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}). To resume it, re-run with the settings, "
+            "data and adapter weights it was made with; to start over, delete that folder or choose another "
+            "output folder."
+        )
+    progress = checkpoint_dir / "progress.json"
+    steps = int(read_json(progress)["steps_done"]) if progress.exists() else 0
+    total = math.ceil(num_train / (batch_size * processes))
+    return min(steps, total)

@@ -1,0 +1,309 @@
+"""Silent wrong results, lost work and unclear errors: each test reproduces one defect class and its fix."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from conftest import SHARED_DATA, STORIES260K, random_samples, require_shared, tiny_llama, with_lora
+
+from hf_layerif import compute_layer_influence
+from hf_layerif.influence.capture import PerSampleGradientCapture
+
+OPTIONS = dict(batch_size=2, checkpoint_every=1, progress=False, bootstrap_samples=0)
+
+
+def _crash_on_call(monkeypatch, n: int) -> None:
+    original = PerSampleGradientCapture.compute
+    calls = {"n": 0}
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    monkeypatch.setattr(PerSampleGradientCapture, "compute", failing)
+
+
+# --- resume -------------------------------------------------------------------------------------------------
+def test_resume_refuses_a_checkpoint_of_another_adapter_draw(tmp_path, monkeypatch):
+    train, val = random_samples(8, seed=1), random_samples(2, seed=2)
+    _crash_on_call(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        compute_layer_influence(with_lora(tiny_llama(), seed=1, randomize_b=True), train, val, output_dir=tmp_path, **OPTIONS)
+    monkeypatch.undo()
+    other_draw = with_lora(tiny_llama(), seed=2, randomize_b=True)  # what --lora_seed 1 does
+    with pytest.raises(ValueError, match=r"different influence run.*weights\.tracked"):
+        compute_layer_influence(other_draw, train, val, output_dir=tmp_path, **OPTIONS)
+    with pytest.raises(ValueError, match=r"differs in: .*arguments\.damping_factor"):
+        compute_layer_influence(with_lora(tiny_llama(), seed=1, randomize_b=True), train, val, output_dir=tmp_path,
+                                damping_factor=0.5, **OPTIONS)
+
+
+def test_resume_says_where_it_resumes(tmp_path, monkeypatch, caplog):
+    from hf_layerif.utils.logging import get_logger
+
+    train, val = random_samples(8, seed=1), random_samples(2, seed=2)
+    model = with_lora(tiny_llama(), seed=1, randomize_b=True)
+    _crash_on_call(monkeypatch, 4)  # validation, training steps 1 and 2, crash in step 3
+    with pytest.raises(RuntimeError):
+        compute_layer_influence(model, train, val, output_dir=tmp_path, **OPTIONS)
+    monkeypatch.undo()
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        compute_layer_influence(model, train, val, output_dir=tmp_path, **OPTIONS)
+        assert "from step 2 of 4" in caplog.text
+        compute_layer_influence(model, train, val, output_dir=tmp_path, **OPTIONS)
+        assert "holds finished scores; they will be replaced" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    from hf_layerif.utils.locking import FolderLockedError, folder_lock
+
+    model = with_lora(tiny_llama(), randomize_b=True)
+    with folder_lock(tmp_path, ".hf-layerif-rank0.lock"):  # another run holds the folder (a separate descriptor)
+        with pytest.raises(FolderLockedError, match="in use by another hf-layerif run"):
+            compute_layer_influence(model, random_samples(4), random_samples(2), output_dir=tmp_path, **OPTIONS)
+    compute_layer_influence(model, random_samples(4), random_samples(2), output_dir=tmp_path, **OPTIONS)  # released
+
+
+# --- weights and lengths ------------------------------------------------------------------------------------
+def test_nan_weight_is_named_before_pruning():
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    model = tiny_llama(layers=2)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"model\.layers\.1\.self_attn\.v_proj\.weight \(1 of"):
+        LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5), torch.randint(3, 50, (2, 8)), progress=False)
+    with pytest.raises(FloatingPointError, match="v_proj"):
+        LayerIFPruner(model).prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+
+
+def test_samples_longer_than_a_gpt2_context_are_truncated_with_a_warning(caplog):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_layerif.utils.logging import get_logger
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)).eval()
+    model = get_peft_model(gpt2, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    train = random_samples(3, min_len=4, max_len=6) + [{"input_ids": list(range(3, 43))}]  # 40 tokens > 16
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        scores = compute_layer_influence(model, train, random_samples(2), progress=False, bootstrap_samples=0)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "1 of 4 samples of train_dataset are longer than 16 tokens" in caplog.text
+    assert torch.isfinite(scores.influence).all() and scores.influence.shape == (2, 4)
+
+
+def test_calibration_longer_than_the_context_is_refused_or_capped(caplog):
+    from hf_layerif.models.checks import check_sequence_length
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+    from hf_layerif.utils.logging import get_logger
+
+    model = tiny_llama(layers=2)  # 64 positions
+    with pytest.raises(ValueError, match="exceed the model's context of 64"):
+        LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5, seqlen=128), ["text"], progress=False)
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        assert check_sequence_length(2048, model, "--seqlen") == 64
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "--seqlen=2048 is longer than the model's context (64 positions)" in caplog.text
+
+
+# --- lost or leaked work ------------------------------------------------------------------------------------
+def test_prune_saves_the_model_before_an_evaluation_that_fails(tmp_path, monkeypatch, capsys):
+    require_shared()
+    import datasets
+
+    from hf_layerif.cli.main import main
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'google/boolq' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
+    code = main(["prune", "--model", str(STORIES260K), "--method", "magnitude", "--sparsity", "0.5",
+                 "--calibration", str(c4), "--output", str(tmp_path), "--eval", "boolq", "--device", "cpu"])
+    assert code == 1
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "pruning_report.json").exists()
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert "--task_files boolq=" in results["errors"]["boolq"]
+    assert results["pruning"]["achieved"] == pytest.approx(0.5, abs=1e-6)
+    assert "The pruned model is saved" in capsys.readouterr().out
+
+
+class _RecordingApi:
+    def __init__(self):
+        self.commits = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return repo_id
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.commits.append(sorted(op.path_in_repo for op in operations))
+        return "commit"
+
+
+def _moe_and_allocations():
+    from peft import get_peft_model
+
+    from hf_layerif import LayerIFConfig
+    from hf_layerif.allocation import expert_allocation, sparsity_allocation
+
+    base = tiny_llama(layers=2)
+    experts = expert_allocation(None, 4, model=base, method="uniform")
+    sparsity = sparsity_allocation(None, 0.5, model=base, method="uniform")
+    moe = get_peft_model(base, LayerIFConfig(experts_per_layer=experts.values, task_type="CAUSAL_LM"))
+    return moe, experts, sparsity
+
+
+def test_each_push_uploads_only_what_it_staged(tmp_path):
+    from hf_layerif.hub import push_allocation_to_hub
+
+    moe, experts, sparsity = _moe_and_allocations()
+    api = _RecordingApi()
+    local = tmp_path / "staging"
+    push_allocation_to_hub(experts, "me/repo", model=moe, api=api, local_dir=local)
+    assert "adapter_model.safetensors" in api.commits[0]
+    push_allocation_to_hub(sparsity, "me/repo", api=api, local_dir=local)
+    assert not any(name.startswith("adapter_") for name in api.commits[1]), api.commits[1]
+    assert set(api.commits[1]) == {"README.md", "layerif_allocation.json", "layerif_allocation.png"}
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and was not staged by hf-layerif"):
+        push_allocation_to_hub(sparsity, "me/repo", api=api, local_dir=mine)
+    assert (mine / "notes.txt").exists()
+
+
+def test_pruner_save_writes_the_model_once(tmp_path, monkeypatch):
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    pruner = LayerIFPruner(tiny_llama(layers=2))
+    pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    calls = []
+    original = type(pruner.model).save_pretrained
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pruner.model), "save_pretrained", counting)
+    pruner.save_pretrained(tmp_path / "saved")
+    assert len(calls) == 1
+    pruner.push_to_hub("me/pruned", api=_RecordingApi(), local_dir=tmp_path / "push")
+    assert len(calls) == 2
+
+
+def test_outputs_are_readable_by_others_under_a_022_umask(tmp_path):
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    old = os.umask(0o022)
+    try:
+        model = with_lora(tiny_llama(layers=2), randomize_b=True)
+        compute_layer_influence(model, random_samples(4), random_samples(2), output_dir=tmp_path / "scores", **OPTIONS)
+        from hf_layerif.hub import write_hub_folder
+
+        moe, experts, _ = _moe_and_allocations()
+        experts.save_pretrained(tmp_path / "allocation")
+        write_hub_folder(experts, tmp_path / "adapter", model=moe)  # PEFT's save through safetensors (0600) inside
+        pruner = LayerIFPruner(tiny_llama(layers=2))
+        pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+        pruner.save_pretrained(tmp_path / "pruned")
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert len(files) > 10
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert all(mode == 0o644 for mode in modes.values()), modes
+
+
+# --- clear errors -------------------------------------------------------------------------------------------
+def test_push_allocation_to_hub_names_what_to_pass():
+    from hf_layerif.allocation import Allocation
+    from hf_layerif.hub import push_allocation_to_hub
+
+    with pytest.raises(TypeError, match=r"Allocation\.from_values"):
+        push_allocation_to_hub([1, 2, 3], "me/repo", api=_RecordingApi())
+    model = tiny_llama(layers=3)
+    allocation = Allocation.from_values([1, 2, 3], "experts", model)
+    assert allocation.values == [1, 2, 3] and allocation.model["num_blocks"] == 3
+    with pytest.raises(ValueError, match="3 Transformer blocks"):
+        Allocation.from_values([0.5, 0.5], "sparsity", model)
+
+
+def test_missing_local_paths_and_offline_defaults_say_what_to_do(monkeypatch, tmp_path):
+    import datasets
+
+    from hf_layerif.calibration import get_calibration_data
+    from hf_layerif.data.loading import load_any_dataset
+
+    with pytest.raises(FileNotFoundError, match="nonexistent.jsonl: no such file"):
+        load_any_dataset("nonexistent.jsonl")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="Offline, use local files instead: --calibration"):
+        get_calibration_data(None, "c4", 2, 8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        get_calibration_data(None, str(tmp_path / "c4.jsonl"), 2, 8)
+
+
+def test_compare_allocations_refuses_mixed_kinds():
+    from hf_layerif.allocation import compare_allocations
+
+    _, experts, sparsity = _moe_and_allocations()
+    with pytest.raises(ValueError, match="one kind"):
+        compare_allocations(experts, sparsity)
+
+
+def test_allocate_help_and_per_kind_options(capsys):
+    from hf_layerif.cli.main import main
+
+    assert main(["allocate", "--help"]) == 0
+    assert "experts" in capsys.readouterr().out
+    helps = {}
+    for kind in ("experts", "sparsity"):
+        with pytest.raises(SystemExit) as done:
+            main(["allocate", kind, "--help"])
+        assert done.value.code == 0
+        helps[kind] = capsys.readouterr().out
+    assert "--total" in helps["experts"] and "--total" not in helps["sparsity"]
+    assert "--owl_lambda" in helps["sparsity"] and "--owl_lambda" not in helps["experts"]
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    assert "blank lines separate samples" in " ".join(capsys.readouterr().out.split())
+
+
+def test_glue_tsv_loads_with_bare_quotes_and_bom():
+    require_shared()
+    from hf_layerif.data.loading import load_any_dataset
+
+    mrpc = load_any_dataset(str(SHARED_DATA / "tasks" / "glue" / "MRPC" / "train.tsv"))
+    assert len(mrpc) == 3668
+    assert mrpc.column_names[0] == "Quality" and "#1 String" in mrpc.column_names
+    rte = load_any_dataset(str(SHARED_DATA / "tasks" / "glue" / "RTE" / "dev.tsv"))
+    assert len(rte) == 277
+
+
+def test_model_loaded_by_path_keeps_its_stories260k_limits():
+    require_shared()
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerif.models.checks import model_max_length
+
+    assert model_max_length(AutoModelForCausalLM.from_pretrained(STORIES260K)) == 512
