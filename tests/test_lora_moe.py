@@ -312,6 +312,10 @@ ROUTES = {
     "transformers, hf_layerif, AutoPeftModel": ("from transformers import AutoModelForCausalLM\nimport hf_layerif\n"
                                                 "from peft import AutoPeftModelForCausalLM\n"
                                                 "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER)"),
+    # transformers' Trainer imports peft while transformers.trainer_utils is half-initialised
+    "hf_layerif, Trainer, PeftModel": ("import hf_layerif\nfrom transformers import Trainer, AutoModelForCausalLM\n"
+                                       "from peft import PeftModel\n"
+                                       "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)"),
     "peft, hf_layerif, PeftModel": ("from peft import PeftModel\nimport hf_layerif\n"
                                     "from transformers import AutoModelForCausalLM\n"
                                     "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)"),
@@ -333,7 +337,8 @@ def test_registration_holds_for_every_import_order_and_loading_route(tmp_path):
              "assert any(isinstance(m, Linear) for m in model.modules()), 'no LayerIF layer'\nprint('LOADED')\n")
     failures = {}
     for route, code in ROUTES.items():
-        done = subprocess.run([sys.executable, "-c", header + code + check], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", header + code + check],
+                              capture_output=True, text=True, timeout=300)
         if done.returncode != 0 or "LOADED" not in done.stdout:
             failures[route] = done.stderr[-800:]
     assert not failures, failures

@@ -17,12 +17,28 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data import InfluenceCollator, prepare_examples, validate_examples
 from ..models.checks import model_max_length
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
 from ..utils.locking import folder_lock
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
 from .checkpoint import check_resumable, model_weights_fingerprint, resume_key
-from .engine import CHECKPOINT_DIRNAME, InfluenceEngine, fingerprint_examples, lora_is_fresh, reinitialize_lora_a
+from .engine import CHECKPOINT_DIRNAME, InfluenceEngine, fingerprint_examples, lora_is_fresh
+from .fitting import adapter_parameters, fit_adapter, redraw_adapter, restore, snapshot
 from .scores import SCORES_JSON, LayerInfluenceScores, aggregate_block_scores
+
+FITTED_ADAPTER_FILE = "fitted_adapter.safetensors"
+FITTED_ADAPTER_META = "fitted_adapter.json"
+
+
+def average_draws(draws: list[torch.Tensor], aggregation: str, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average the influence matrices [L, n] of several adapter draws, each divided by its mean |I| first (so every
+    draw weighs the same whatever its scale), then multiplied by the mean of those scales (the result keeps the
+    draws' units). Returns (averaged influence [L, n], per-draw block scores [draws, L] of the normalised draws)."""
+    stacked = torch.stack([d.to(torch.float64) for d in draws])
+    scales = stacked.abs().mean(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    normalised = stacked / scales[:, None, None] * scales.mean()
+    per_draw = torch.stack([aggregate_block_scores(d, aggregation, fraction) for d in normalised])
+    return normalised.mean(0), per_draw
 
 logger = get_logger(__name__)
 
@@ -151,9 +167,17 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     args = engine.args
     model = engine.model
     accelerator = engine.accelerator
-    if args.repeats > 1 and not lora_is_fresh(engine.tracked):
-        raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
-                         "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
+    fresh = args.target == "lora" and lora_is_fresh(engine.tracked)
+    if args.target == "lora" and not fresh:
+        if args.fit_steps:
+            raise ValueError("fit_steps fits a fresh adapter, but this adapter is already trained (its B matrices are "
+                             "non-zero). Score it as trained with fit_steps=0, or attach a fresh adapter.")
+        if (args.repeats or 1) > 1:
+            raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
+                             "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
+    if args.fit_steps and accelerator is not None and accelerator.num_processes > 1:
+        raise ValueError("fit_steps fits the adapter in one process; with several processes train it first "
+                         "(LayerInfluenceTrainer.train()) and score it with fit_steps=0.")
     checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
     data_fp = data_fingerprint
     processes = 1 if accelerator is None else accelerator.num_processes
@@ -180,30 +204,85 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
                              checkpoint_dir, key)
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """Seed of adapter draw ``draw`` > 0 of a run with ``seed``: runs with nearby seeds share no draw."""
+    return seed + draw * 1_000_003
+
+
+def _rebatch(train_loader, size: int):
+    """A factory of the training samples in batches of ``size`` (for a fit with its own batch size)."""
+
+    def batches():
+        rows = [{k: v[i] for k, v in b.items()} for b in train_loader() for i in range(b["input_ids"].shape[0])]
+        return [{k: torch.stack([r[k] for r in rows[j:j + size]]) for k in rows[0]} for j in range(0, len(rows), size)]
+
+    return batches
+
+
 def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int, data_fp: dict,
                   output_dir, cache_dir, checkpoint_dir: Path | None, resume_key: dict | None) -> LayerInfluenceScores:
     args = engine.args
     model = engine.model
     accelerator = engine.accelerator
     started = time.time()
-    influence, damping, est_settings, losses = engine.run(train_loader(), eval_loader(), num_train, num_eval,
-                                                          checkpoint_dir, resume_key, cache_dir)
-    repeat_scores = None
-    if args.repeats > 1:
-        a_modules = [m for ms in engine.tracked for m in ms if ".lora_A." in m.name]
-        originals = [m.module.weight.detach().clone() for m in a_modules]
-        rows = [aggregate_block_scores(influence, args.aggregation, args.fraction)]
-        try:
-            for r in range(1, args.repeats):
-                reinitialize_lora_a(engine.tracked, args.seed + r)
-                inf_r, _, _, _ = engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir)
-                rows.append(aggregate_block_scores(inf_r, args.aggregation, args.fraction))
-        finally:
-            with torch.no_grad():
-                for module, weight in zip(a_modules, originals):
-                    module.module.weight.copy_(weight)
-        repeat_scores = torch.stack(rows)
+    fresh = args.target == "lora" and lora_is_fresh(engine.tracked)
+    repeats = args.repeats if args.repeats is not None else (3 if fresh else 1)
+    params = adapter_parameters(engine.tracked)
+    size = args.fit_batch_size or args.batch_size
+    fit_batches = train_loader if size == args.batch_size else _rebatch(train_loader, size)
+
+    def fit(seed: int) -> dict | None:
+        if not args.fit_steps:
+            return None
+        return fit_adapter(model, params, fit_batches, args.fit_steps, args.fit_learning_rate, seed, engine._to_device,
+                           engine.autocast, engine.progress)
+
+    fitted_file = checkpoint_dir / FITTED_ADAPTER_FILE if checkpoint_dir is not None else None
+    original = snapshot(params) if repeats > 1 or args.fit_steps else None
+    keep = original  # what the model holds afterwards: the adapter of draw 0 (fitted when fit_steps > 0)
+    fits = []
+    try:
+        saved_fit = None
+        if args.fit_steps and fitted_file is not None and fitted_file.exists():
+            meta = read_json(checkpoint_dir / FITTED_ADAPTER_META)
+            saved_fit = meta if meta.get("key") == resume_key else None
+        if saved_fit is not None:
+            saved = read_safetensors(fitted_file)
+            restore(params, [saved[f"p{i}"].to(p.device, p.dtype) for i, p in enumerate(params)])
+            fits.append(saved_fit["fit"])
+            logger.info("Loaded the fitted scoring adapter of the checkpoint in %s.", checkpoint_dir)
+        elif args.fit_steps:
+            fits.append(fit(args.seed))
+            if fitted_file is not None and (accelerator is None or accelerator.is_main_process):
+                write_safetensors(fitted_file, {f"p{i}": p for i, p in enumerate(params)})
+                write_json(checkpoint_dir / FITTED_ADAPTER_META, {"key": resume_key, "fit": fits[0]})
+        if original is not None:
+            keep = snapshot(params)
+        engine.configure_capture()
+        influence, damping, est_settings, losses = engine.run(train_loader(), eval_loader(), num_train, num_eval,
+                                                              checkpoint_dir, resume_key, cache_dir)
+        repeat_scores = None
+        if repeats > 1:
+            draws = [influence]
+            for r in range(1, repeats):
+                redraw_adapter(engine.tracked, draw_seed(args.seed, r))
+                fits.append(fit(draw_seed(args.seed, r)))
+                engine.configure_capture()
+                draws.append(engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir)[0])
+            influence, repeat_scores = average_draws(draws, args.aggregation, args.fraction)
+    finally:
+        if original is not None:
+            restore(params, keep)
+            engine.configure_capture()
+    if fitted_file is not None:
+        fitted_file.unlink(missing_ok=True)
+        (checkpoint_dir / FITTED_ADAPTER_META).unlink(missing_ok=True)
+    protocol = {"adapter": "fitted" if args.fit_steps else ("fresh" if fresh else "trained"), "draws": repeats,
+                "draw_seeds": [args.seed] + [draw_seed(args.seed, r) for r in range(1, repeats)],
+                "normalisation": "each draw divided by its mean |I|, then averaged" if repeats > 1 else None,
+                "fits": fits or None}
     provenance = {
+        "protocol": protocol,
         "model": model_provenance(model),
         "data": data_fp,
         "blocks": {"names": engine.blocks.names, "source": engine.blocks.source, "class": engine.blocks.block_class,

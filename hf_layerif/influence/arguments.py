@@ -10,6 +10,7 @@ ESTIMATORS = ("datainf", "exact", "lissa", "tracin")
 TARGETS = ("lora", "full")
 GRANULARITIES = ("block", "tensor")
 GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+CLI_FIT_STEPS = 100  # hf-layerif score without --adapter fits its fresh adapter this long unless told otherwise
 
 
 @dataclass
@@ -46,7 +47,15 @@ class InfluenceArguments:
         aggregation: default block score: ``"positive"``, ``"all"``, ``"top_fraction"`` or ``"harmful"``.
         fraction: the fraction for ``"top_fraction"``.
         bootstrap_samples: bootstrap resamples of training samples for ranking stability (0 disables).
-        repeats: number of fresh LoRA initialisations to score (``target="lora"`` with a fresh adapter only).
+        repeats: number of adapter draws to score and average (``target="lora"``). Draw r > 0 re-initialises the
+            adapter (A from a seed derived from ``seed`` and r, B = 0) and, with ``fit_steps``, fits it again. Each
+            draw's influence is divided by its mean |I| before averaging, so every draw weighs the same. ``None``
+            (default): 3 for a fresh adapter or one fitted here, 1 for an adapter trained before the call.
+        fit_steps: fit the (fresh) scoring adapter on the training samples for this many AdamW steps before
+            scoring, the setting LayerIF and DataInf assume (METHOD §1). 0 or ``None``: score the adapter as given
+            (``hf-layerif score`` without ``--adapter`` uses :data:`CLI_FIT_STEPS` when it is ``None``).
+        fit_learning_rate: peak learning rate of that fit (linear warm-up over 10% of the steps, linear decay).
+        fit_batch_size: samples per fitting step (``None``: ``batch_size``).
         block_pattern: regex over module names that selects the blocks (overrides discovery).
         adapter_name: the PEFT adapter to track for ``target="lora"``.
     """
@@ -71,7 +80,10 @@ class InfluenceArguments:
     aggregation: str = field(default="positive", metadata={"help": "positive | all | top_fraction | harmful."})
     fraction: float = field(default=0.25, metadata={"help": "Fraction used by aggregation=top_fraction."})
     bootstrap_samples: int = field(default=200, metadata={"help": "Bootstrap resamples for ranking stability (0: off)."})
-    repeats: int = field(default=1, metadata={"help": "Fresh LoRA initialisations to score (target=lora)."})
+    repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})
+    fit_steps: int | None = field(default=None, metadata={"help": "AdamW steps fitting the fresh scoring adapter to the training samples before scoring (0: score it fresh; default: 0 in the API, 100 in `hf-layerif score` without --adapter)."})
+    fit_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the adapter fit."})
+    fit_batch_size: int | None = field(default=None, metadata={"help": "Samples per fitting step (default: batch_size)."})
     block_pattern: str | None = field(default=None, metadata={"help": "Regex selecting the blocks by module name."})
     adapter_name: str = field(default="default", metadata={"help": "PEFT adapter tracked for target=lora."})
 
@@ -104,10 +116,18 @@ class InfluenceArguments:
             raise ValueError("projection_dim applies to target='full' only (LoRA gradients are already small).")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1] (got {self.fraction}).")
-        if self.repeats < 1:
-            raise ValueError("repeats must be >= 1.")
-        if self.repeats > 1 and self.target != "lora":
+        if self.repeats is not None and self.repeats < 1:
+            raise ValueError("repeats must be >= 1 (or None for the default).")
+        if self.repeats is not None and self.repeats > 1 and self.target != "lora":
             raise ValueError("repeats > 1 re-draws a LoRA adapter's initialisation: it needs target='lora'.")
+        if self.fit_steps is not None and self.fit_steps < 0:
+            raise ValueError("fit_steps must be >= 0.")
+        if self.fit_steps and self.target != "lora":
+            raise ValueError("fit_steps fits a LoRA adapter before scoring: it needs target='lora'.")
+        if not self.fit_learning_rate > 0:
+            raise ValueError("fit_learning_rate must be > 0.")
+        if self.fit_batch_size is not None and self.fit_batch_size < 1:
+            raise ValueError("fit_batch_size must be >= 1 or None.")
         if self.lissa_depth < 1 or self.lissa_repeats < 1:
             raise ValueError("lissa_depth and lissa_repeats must be >= 1.")
         if self.lissa_batch_size is not None and self.lissa_batch_size < 1:

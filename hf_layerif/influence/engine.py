@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -87,16 +86,23 @@ class InfluenceEngine:
         else:
             self.store_dtype = _DTYPES[args.gradient_dtype]
             self.compute_dtype = torch.float64 if self.store_dtype == torch.float64 else torch.float32
-        projector = KroneckerProjector(args.projection_dim, args.projection_seed) if args.projection_dim else None
+        self.skip_zero_gradients = skip_zero_gradients
+        self.projector = KroneckerProjector(args.projection_dim, args.projection_seed) if args.projection_dim else None
+        self.configure_capture()
+
+    def configure_capture(self) -> None:
+        """Choose the gradients to form from the adapter's current weights (call again after the weights change,
+        e.g. after fitting a fresh adapter, whose A gradients are then no longer zero)."""
+        args = self.args
         captured = self.tracked
         counts = None
-        if skip_zero_gradients and args.target == "lora" and args.granularity == "block" and projector is None:
+        if self.skip_zero_gradients and args.target == "lora" and args.granularity == "block" and self.projector is None:
             # With B = 0 (a fresh adapter) the gradient of A is exactly zero: δ at A's output is scaling · Bᵀ δ_out.
             # Those columns add nothing to a or K; only their parameter count enters the damping, so they are
             # counted but neither formed nor stored (half of the memory and Gram FLOPs of a fresh adapter).
             captured = [[m for m in modules if not _zero_gradient_lora_a(m, modules)] for modules in self.tracked]
             counts = [sum(m.numel for m in modules) for modules in self.tracked]
-        self.capture = PerSampleGradientCapture(model, captured, self.compute_dtype, projector)
+        self.capture = PerSampleGradientCapture(self.model, captured, self.compute_dtype, self.projector)
         self.layout = GroupLayout(self.capture.block_bounds(args.granularity), counts)
 
     # --- sizes and checks ---------------------------------------------------------------------------------
@@ -295,19 +301,6 @@ def _zero_gradient_lora_a(module, block_modules) -> bool:
     partner = module.name.replace(".lora_A.", ".lora_B.")
     b = next((m for m in block_modules if m.name == partner), None)
     return b is not None and not bool(b.module.weight.detach().any())
-
-
-def reinitialize_lora_a(tracked, seed: int) -> None:
-    """Re-draw the A matrices of the tracked LoRA layers (PEFT's default Kaiming-uniform, a = √5) from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    for modules in tracked:
-        for module in modules:
-            if ".lora_A." in module.name:
-                weight = module.module.weight
-                fresh = torch.empty(weight.shape, dtype=torch.float32)
-                nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
-                with torch.no_grad():
-                    weight.copy_(fresh.to(weight.dtype))
 
 
 def lora_is_fresh(tracked) -> bool:

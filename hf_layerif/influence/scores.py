@@ -19,7 +19,13 @@ import torch
 
 from ..utils.io import read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
 from ..utils.logging import get_logger
-from .stability import UNSTABLE_SPEARMAN, bootstrap_block_scores, summarize_block_score_samples
+from .stability import (
+    UNSTABLE_SPEARMAN,
+    bootstrap_block_scores,
+    floor_to,
+    summarize_block_score_samples,
+    summarize_draws,
+)
 
 logger = get_logger(__name__)
 
@@ -138,24 +144,44 @@ class LayerInfluenceScores:
                                              num_resamples, seed)
             result["bootstrap"] = summarize_block_score_samples(samples, reference)
         if self.repeat_block_scores is not None and self.repeat_block_scores.shape[0] > 1:
-            result["repeats"] = summarize_block_score_samples(self.repeat_block_scores.numpy().astype(np.float64), reference)
+            draws = self.repeat_block_scores.numpy().astype(np.float64)
+            if aggregation != self.arguments.get("aggregation", "positive"):
+                draws = None  # the per-draw scores were kept for the run's own aggregation only
+            if draws is not None:
+                result["repeats"] = summarize_draws(draws, reference)
         if default:
             self._stability = result
         return result
 
-    def warn_if_unstable(self) -> bool:
-        """Log a warning when the bootstrap or repeat rankings disagree with the full ranking; return True then."""
+    def agreement(self) -> dict[str, float]:
+        """The ranking-agreement figures, each compared with :data:`UNSTABLE_SPEARMAN`: the 5th percentile
+        Spearman of bootstrap resamples to the full ranking (``bootstrap``), and the mean pairwise Spearman of
+        the adapter draws / fits (``draws``), where they exist."""
         info = self.stability()
-        unstable = False
-        for key in ("bootstrap", "repeats"):
-            part = info.get(key)
-            if part and not part["stable"]:
-                unstable = True
-                logger.warning(
-                    "The block ranking is unstable under %s (5th percentile Spearman to the full ranking %.2f < %.2f). "
-                    "Score more training samples, or average several adapter initialisations (repeats=) before "
-                    "acting on it.", key, part["spearman_to_full_p05"], UNSTABLE_SPEARMAN)
-        return unstable
+        figures = {}
+        if info.get("bootstrap"):
+            figures["bootstrap"] = info["bootstrap"]["spearman_to_full_p05"]
+        if info.get("repeats"):
+            figures["draws"] = info["repeats"]["pairwise_spearman_mean"]
+        return figures
+
+    def warn_if_unstable(self) -> bool:
+        """Log one warning, on the weaker of the bootstrap and draw agreements, when it is below
+        :data:`UNSTABLE_SPEARMAN`; return True then."""
+        figures = self.agreement()
+        if not figures:
+            return False
+        weakest = min(figures, key=figures.get)
+        value = figures[weakest]
+        if value >= UNSTABLE_SPEARMAN:
+            return False
+        what = {"bootstrap": "5th-percentile Spearman of bootstrap resamples of the training samples to the full ranking",
+                "draws": "mean pairwise Spearman between adapter draws"}[weakest]
+        fix = {"bootstrap": "Score more training samples",
+               "draws": "Fit the scoring adapter (fit_steps=) or average more draws (repeats=)"}[weakest]
+        logger.warning("The block ranking is unstable: %s is %.3f, below %.1f. %s before acting on it.", what,
+                       floor_to(value), UNSTABLE_SPEARMAN, fix)
+        return True
 
     # --- I/O -----------------------------------------------------------------------------------------
     def to_json_dict(self) -> dict[str, Any]:
@@ -222,13 +248,15 @@ class LayerInfluenceScores:
             lam_txt = f"{lam:.3g}" if isinstance(lam, float) else f"{len(lam)} tensors"
             lines.append(f"{name:<{width}}  {scores[i]:>20.6g}  {boot_txt:>26}  {ranks[i]:>4}  {lam_txt:>10}")
         if boot:
-            lines.append(f"ranking stability: Spearman to full ranking {boot['spearman_to_full_mean']:.3f} (p05 "
-                         f"{boot['spearman_to_full_p05']:.3f}) over {boot['num_samples']} bootstrap resamples"
+            lines.append(f"ranking stability: Spearman to full ranking {floor_to(boot['spearman_to_full_mean']):.3f} (p05 "
+                         f"{floor_to(boot['spearman_to_full_p05']):.3f}) over {boot['num_samples']} bootstrap resamples"
                          + ("" if boot["stable"] else "  [UNSTABLE]"))
         rep = self.stability().get("repeats")
         if rep:
-            lines.append(f"adapter-initialisation repeats: pairwise Spearman {rep['pairwise_spearman_mean']:.3f} over "
-                         f"{rep['num_samples']} initialisations" + ("" if rep["stable"] else "  [UNSTABLE]"))
+            kind = (self.provenance.get("protocol") or {}).get("adapter", "fresh")
+            lines.append(f"agreement across {rep['num_samples']} {'fitted ' if kind == 'fitted' else ''}adapter draws: "
+                         f"pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.3f}, min "
+                         f"{floor_to(rep['pairwise_spearman_min']):.3f}" + ("" if rep["stable"] else "  [UNSTABLE]"))
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:
@@ -246,7 +274,16 @@ class LayerInfluenceScores:
         yerr = None
         if boot and aggregation == self.arguments.get("aggregation", "positive"):
             yerr = np.stack([np.maximum(scores - np.array(boot["p05"]), 0), np.maximum(np.array(boot["p95"]) - scores, 0)])
-        ax_bar.bar(x, scores, yerr=yerr, color="#4C72B0", capsize=2)
+        ax_bar.bar(x, scores, yerr=yerr, color="#4C72B0", capsize=2,
+                   label="score" + (" (error bars: bootstrap 5th-95th percentile)" if yerr is not None else ""))
+        rep = self.stability().get("repeats") if aggregation == self.arguments.get("aggregation", "positive") else None
+        if rep and self.repeat_block_scores is not None:
+            draws = self.repeat_block_scores.numpy()
+            for r, row in enumerate(draws):
+                ax_bar.scatter(x, row, s=10, color="#DD8452", zorder=3,
+                               label=(f"each adapter draw (pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.2f}, "
+                                      f"min {floor_to(rep['pairwise_spearman_min']):.2f})") if r == 0 else None)
+        ax_bar.legend(fontsize=7, loc="upper right")
         ax_bar.set_xlabel("block")
         ax_bar.set_ylabel(f"block score q ({aggregation})")
         ax_bar.set_title("LayerIF block scores (higher = more task-sensitive)")
@@ -259,8 +296,9 @@ class LayerInfluenceScores:
         ax_map.set_xlabel("training sample")
         ax_map.set_ylabel("block")
         ax_map.set_title("influence I_l(z) (blue < 0: beneficial)")
-        fig.colorbar(image, ax=ax_map, fraction=0.046)
-        if title:
-            fig.suptitle(title)
+        bar = fig.colorbar(image, ax=ax_map, fraction=0.046)
+        bar.set_label("influence I_l(z) (Koh & Liang sign)")
+        model_id = (self.provenance.get("model") or {}).get("model_id") or (self.provenance.get("model") or {}).get("class")
+        fig.suptitle(title or f"LayerIF scores of {model_id or 'the model'} ({self.num_train} training samples)")
         fig.tight_layout()
         return save_figure(fig, path)

@@ -45,8 +45,23 @@ def summarize_block_score_samples(samples: np.ndarray, reference: np.ndarray) ->
         "spearman_to_full_mean": float(to_reference.mean()),
         "spearman_to_full_p05": float(np.percentile(to_reference, 5)),
         "pairwise_spearman_mean": float(pairwise.mean()),
+        "pairwise_spearman_min": float(pairwise.min()),
         "stable": bool(np.percentile(to_reference, 5) >= UNSTABLE_SPEARMAN),
     }
+
+
+def summarize_draws(draw_scores: np.ndarray, reference: np.ndarray) -> dict:
+    """Agreement of the block rankings of independent adapter draws (or fits) [k, L]: pairwise Spearman mean and
+    minimum; ``stable`` when the mean reaches :data:`UNSTABLE_SPEARMAN`. Also the per-block spread of the draws."""
+    summary = summarize_block_score_samples(draw_scores, reference)
+    summary["stable"] = bool(summary["pairwise_spearman_mean"] >= UNSTABLE_SPEARMAN)
+    return summary
+
+
+def floor_to(value: float, digits: int = 3) -> float:
+    """``value`` rounded down (so a figure just under a threshold is never printed equal to it)."""
+    scale = 10**digits
+    return float(np.floor(value * scale + 1e-9) / scale)
 
 
 def bootstrap_block_scores(influence: torch.Tensor, aggregate, num_resamples: int, seed: int = 0,

@@ -1,0 +1,142 @@
+"""The scoring protocol: fitting the scoring adapter, averaging adapter draws, and agreement across draws."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import random_samples, tiny_llama, with_lora
+
+from hf_layerif import compute_layer_influence
+from hf_layerif.influence.api import average_draws, draw_seed
+from hf_layerif.influence.fitting import adapter_parameters, redraw_adapter
+from hf_layerif.models.blocks import find_transformer_blocks, tracked_modules
+
+FAST = dict(progress=False, bootstrap_samples=0, batch_size=4)
+
+
+def _tracked(model):
+    return tracked_modules(find_transformer_blocks(model), "lora")
+
+
+def test_fitting_changes_the_adapter_and_not_the_base():
+    model = with_lora(tiny_llama())
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    adapter_before = [p.detach().clone() for p in adapter_parameters(_tracked(model))]
+    scores = compute_layer_influence(model, random_samples(16, seed=3), random_samples(4, seed=4), fit_steps=30,
+                                     fit_learning_rate=1e-2, repeats=1, **FAST)
+    for name, value in base_before.items():
+        assert torch.equal(dict(model.named_parameters())[name], value), name
+    adapter_after = adapter_parameters(_tracked(model))
+    assert all(not torch.equal(a, b) for a, b in zip(adapter_before, adapter_after))
+    assert all(p.requires_grad for p in adapter_after)  # flags restored
+    protocol = scores.provenance["protocol"]
+    assert protocol["adapter"] == "fitted" and protocol["draws"] == 1
+    fit = protocol["fits"][0]
+    assert fit["steps"] == 30 and fit["loss_last"] < fit["loss_first"]
+    # the model now holds the fitted adapter, so scoring it again as trained gives the same influence
+    again = compute_layer_influence(model, random_samples(16, seed=3), random_samples(4, seed=4), **FAST)
+    torch.testing.assert_close(again.influence, scores.influence, rtol=1e-5, atol=1e-7)
+    assert again.provenance["protocol"]["adapter"] == "trained"
+
+
+def test_fitting_a_trained_adapter_is_refused():
+    model = with_lora(tiny_llama(), randomize_b=True)
+    with pytest.raises(ValueError, match="already trained"):
+        compute_layer_influence(model, random_samples(4), random_samples(2), fit_steps=5, **FAST)
+    with pytest.raises(ValueError, match="overwrite a trained adapter"):
+        compute_layer_influence(model, random_samples(4), random_samples(2), repeats=2, **FAST)
+
+
+def test_fresh_adapter_averages_three_normalised_draws_by_default():
+    model = with_lora(tiny_llama(torch.float64))
+    train, val = random_samples(10, seed=5), random_samples(3, seed=6)
+    a_before = [p.detach().clone() for p in adapter_parameters(_tracked(model))]
+    averaged = compute_layer_influence(model, train, val, seed=7, **FAST)
+    assert averaged.repeat_block_scores.shape == (3, 3)
+    assert all(torch.equal(a, b) for a, b in zip(a_before, adapter_parameters(_tracked(model))))  # draw 0 kept
+    draws = []
+    for r in range(3):  # reference: each draw scored on its own, by hand
+        copy_r = copy.deepcopy(model)
+        if r:
+            redraw_adapter(_tracked(copy_r), draw_seed(7, r))
+        draws.append(compute_layer_influence(copy_r, train, val, seed=7, repeats=1, **FAST).influence.double())
+    scales = torch.stack([d.abs().mean() for d in draws])
+    expected = sum(d / s for d, s in zip(draws, scales)) / 3 * scales.mean()
+    torch.testing.assert_close(averaged.influence.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    assert averaged.provenance["protocol"]["draw_seeds"] == [7, draw_seed(7, 1), draw_seed(7, 2)]
+    # draws differ in scale by construction: normalising makes each weigh the same
+    _, per_draw = average_draws([draws[0], 10 * draws[0]], "positive", 0.25)
+    torch.testing.assert_close(per_draw[0], per_draw[1])
+
+
+def test_draw_seeds_of_nearby_runs_do_not_overlap():
+    seeds = {draw_seed(s, r) for s in range(100) for r in range(1, 10)}
+    assert not seeds & set(range(100)) and len(seeds) == 900
+
+
+def test_stability_reports_draw_agreement_and_warns_on_the_weaker(caplog):
+    from hf_layerif.influence.scores import LayerInfluenceScores
+    from hf_layerif.utils.logging import get_logger
+
+    influence = torch.tensor([[-3.0, -2.0, 1.0], [-1.0, -1.0, -1.0], [-2.0, -0.5, 0.5], [-0.2, -0.1, -0.3]])
+    draws = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 1.0, 2.0]])
+    scores = LayerInfluenceScores(influence, [f"b{i}" for i in range(4)], torch.ones(4), [0, 1, 2, 3],
+                                  {"aggregation": "positive", "bootstrap_samples": 50}, {"name": "datainf"},
+                                  repeat_block_scores=draws)
+    rep = scores.stability()["repeats"]
+    assert rep["pairwise_spearman_min"] == pytest.approx(-1.0)
+    assert rep["pairwise_spearman_mean"] == pytest.approx((-1.0 + 0.8 + -0.8) / 3)
+    assert not rep["stable"]
+    assert set(scores.agreement()) == {"bootstrap", "draws"}
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert scores.warn_if_unstable()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "bootstrap" not in caplog.text and "mean pairwise Spearman between adapter draws is -0.334" in caplog.text
+    assert "agreement across 3 adapter draws: pairwise Spearman mean -0.334, min -1.000" in scores.summary_table()
+
+
+def test_a_figure_just_under_the_threshold_is_not_printed_equal_to_it():
+    from hf_layerif.influence.stability import UNSTABLE_SPEARMAN, floor_to
+
+    assert f"{floor_to(0.7996):.3f}" == "0.799" and floor_to(0.7996) < UNSTABLE_SPEARMAN
+    assert f"{floor_to(0.8):.3f}" == "0.800"
+
+
+def test_resume_reuses_the_fitted_adapter(tmp_path, monkeypatch):
+    from hf_layerif.influence import api, fitting
+    from hf_layerif.influence.capture import PerSampleGradientCapture
+
+    train, val = random_samples(8, seed=1), random_samples(2, seed=2)
+    options = dict(FAST, batch_size=2, checkpoint_every=1, fit_steps=10, fit_learning_rate=1e-2, repeats=1)
+    uninterrupted = compute_layer_influence(with_lora(tiny_llama()), train, val, **options)
+    fits = {"n": 0}
+    original_fit = fitting.fit_adapter
+
+    def counting_fit(*args, **kwargs):
+        fits["n"] += 1
+        return original_fit(*args, **kwargs)
+
+    monkeypatch.setattr(api, "fit_adapter", counting_fit)
+    original = PerSampleGradientCapture.compute
+    calls = {"n": 0}
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    monkeypatch.setattr(PerSampleGradientCapture, "compute", failing)
+    with pytest.raises(RuntimeError):
+        compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
+    assert (tmp_path / "influence_checkpoint" / "fitted_adapter.safetensors").exists()
+    monkeypatch.setattr(PerSampleGradientCapture, "compute", original)
+    resumed = compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
+    assert fits["n"] == 1  # the fit of the interrupted run was reused
+    torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-6, atol=1e-9)
+    assert not (tmp_path / "influence_checkpoint").exists()
