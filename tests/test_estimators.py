@@ -181,3 +181,74 @@ def test_sharded_gram_blocks_sum_to_the_full_matrix(tmp_path, budget):
     assert all(torch.equal(p[0], a) for p in parts)
     assert sum(int((p[1] != 0).any()) for p in parts) >= 2  # the work really is split
     torch.testing.assert_close(sum(p[1] for p in parts), K, rtol=1e-14, atol=1e-12)
+
+
+def _streamed(G, v, args, n, budget=1 << 30, spill_dir=None, chunk=3):
+    from hf_layerif.influence.streaming import StreamingStatistics
+
+    layout = GroupLayout([b if args.granularity == "tensor" else [0, b[-1]] for b in BOUNDS])
+    stats = StreamingStatistics(layout, v, n, G[0].dtype, budget, spill_dir, keep_gradients=args.estimator == "datainf")
+    for start in range(0, n, chunk):
+        stats.add([g[start:start + chunk] for g in G])
+    damping = stats.damping(args)
+    per_group = stats.datainf(damping) if args.estimator == "datainf" else stats.tracin()
+    influence = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    influence.index_add_(0, layout.group_to_block(), per_group)
+    return influence, damping, stats
+
+
+@pytest.mark.parametrize("granularity", ["block", "tensor"])
+@pytest.mark.parametrize("name,brute", [("datainf", brute_datainf), ("tracin", brute_tracin)])
+def test_streaming_route_matches_bruteforce_and_the_gram_route(name, brute, granularity, tmp_path):
+    n = 11
+    G, v = _problem(n, seed=3)
+    args = InfluenceArguments(estimator=name, granularity=granularity)
+    expected = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    for l, Gg, vg in _groups(G, v, granularity):
+        expected[l] += brute(Gg, vg, _damping(Gg))
+    streamed, _, _ = _streamed(G, v, args, n)
+    torch.testing.assert_close(streamed, expected, rtol=1e-10, atol=1e-10)
+    gram, _, _ = _ours(G, v, args, n)
+    torch.testing.assert_close(streamed, gram, rtol=1e-10, atol=1e-10)
+    # a budget of about one chunk spills windows to disk; the two later reads give the same result
+    spilled, _, stats = _streamed(G, v, args, n, budget=200, spill_dir=tmp_path)
+    torch.testing.assert_close(spilled, expected, rtol=1e-10, atol=1e-10)
+    if name == "datainf":
+        assert stats.spilled, "the tiny budget must spill"
+    else:
+        assert not stats.spilled and not stats.window  # TracIn stores no gradient
+
+
+def test_streaming_float32_within_1e4():
+    n = 9
+    G, v = _problem(n, seed=4, dtype=torch.float32)
+    args = InfluenceArguments(estimator="datainf")
+    expected = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+    for l, Gg, vg in _groups(G, v, "block"):
+        expected[l] += brute_datainf(Gg, vg, _damping(Gg))
+    streamed, _, _ = _streamed(G, v, args, n)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(streamed, expected, rtol=0, atol=1e-4 * scale)
+
+
+def test_memory_plan_is_checked_before_any_work(monkeypatch, tmp_path):
+    from conftest import random_samples, tiny_llama, with_lora
+
+    from hf_layerif import compute_layer_influence
+    from hf_layerif.influence import engine
+
+    model = with_lora(tiny_llama(), randomize_b=True)
+    monkeypatch.setattr(engine, "_physical_memory_bytes", lambda: 10_000)  # a machine of 10 kB
+    with pytest.raises(MemoryError, match="estimator='datainf' or 'tracin'"):
+        compute_layer_influence(model, random_samples(40), random_samples(2), estimator="exact", progress=False)
+    compute_layer_influence(model, random_samples(40), random_samples(2), progress=False, bootstrap_samples=0)  # no K
+
+    class Disk:
+        free = 10
+
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: Disk())
+    with pytest.raises(MemoryError, match="would spill to .* GB free. Pass cache_dir="):
+        compute_layer_influence(model, random_samples(40), random_samples(2), gradient_memory_gb=2e-4, batch_size=1,
+                                cache_dir=tmp_path, progress=False)
+    plan = engine.InfluenceEngine(model, InfluenceArguments(estimator="tracin")).memory_plan(1000)
+    assert plan["stored_gradients"] == 0 and "gram" not in plan

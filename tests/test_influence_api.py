@@ -86,7 +86,7 @@ def test_resume_after_interruption_gives_identical_scores(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         compute_layer_influence(model, train, val, output_dir=tmp_path, **options)
     assert not (tmp_path / "influence.safetensors").exists()
-    assert (tmp_path / "influence_checkpoint" / "gram_state.json").exists()
+    assert (tmp_path / "influence_checkpoint" / "stream_state.json").exists()  # DataInf: the O(n·d) route
     monkeypatch.setattr(PerSampleGradientCapture, "compute", original)
 
     counted = {"n": 0}
@@ -183,11 +183,11 @@ def test_instruction_data_keeps_the_answer_when_truncated():
 
 
 def test_bf16_model_and_bf16_gradient_store_agree_with_float32(tmp_path, monkeypatch):
-    from hf_layerif.influence.gram import GramAccumulator
+    from hf_layerif.influence.streaming import StreamingStatistics
 
     flushes = []
-    original_flush = GramAccumulator.flush
-    monkeypatch.setattr(GramAccumulator, "flush", lambda self: (flushes.append(1), original_flush(self))[1])
+    original_flush = StreamingStatistics.flush
+    monkeypatch.setattr(StreamingStatistics, "flush", lambda self: (flushes.append(1), original_flush(self))[1])
     model32 = with_lora(tiny_llama(torch.float32), randomize_b=True)
     train, val = random_samples(12, seed=31), random_samples(3, seed=32)
     reference = compute_layer_influence(model32, train, val, progress=False, bootstrap_samples=0)

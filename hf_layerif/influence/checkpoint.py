@@ -74,7 +74,7 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 def saved_key(checkpoint_dir: Path) -> dict | None:
     """The key of the checkpoint in ``checkpoint_dir`` (``None`` when there is none)."""
-    for name in ("gram_state.json", "validation.json"):
+    for name in ("gram_state.json", "stream_state.json", "validation.json"):
         path = checkpoint_dir / name
         if path.exists():
             meta = read_json(path)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,6 +35,10 @@ from .arguments import InfluenceArguments
 from .capture import KroneckerProjector, PerSampleGradientCapture
 from .estimators import estimate_influence
 from .gram import GramAccumulator, GroupLayout
+from .streaming import StreamingStatistics
+
+# estimators computed in O(n·d) from streamed statistics; the others need the n×n Gram matrix
+STREAMING_ESTIMATORS = ("datainf", "tracin")
 
 logger = get_logger(__name__)
 
@@ -87,6 +92,7 @@ class InfluenceEngine:
             self.store_dtype = _DTYPES[args.gradient_dtype]
             self.compute_dtype = torch.float64 if self.store_dtype == torch.float64 else torch.float32
         self.skip_zero_gradients = skip_zero_gradients
+        self._finite_flags: list[torch.Tensor] = []
         self.projector = KroneckerProjector(args.projection_dim, args.projection_seed) if args.projection_dim else None
         self.configure_capture()
 
@@ -110,27 +116,71 @@ class InfluenceEngine:
     def dims_per_block(self) -> list[int]:
         return self.layout.block_dims()
 
-    def memory_plan(self, num_train: int) -> dict[str, float]:
-        """Bytes of the per-batch gradients, of all stored gradients and of K (checked before any work)."""
-        total_dim = sum(self.dims_per_block)
-        store = torch.empty(0, dtype=self.store_dtype).element_size()
-        procs = 1 if self.accelerator is None else self.accelerator.num_processes
-        return {
-            "batch_gradients": self.args.batch_size * procs * total_dim
-            * float(torch.empty(0, dtype=self.compute_dtype).element_size()),
-            "stored_gradients": num_train * total_dim * float(store),
-            "gram": self.layout.num_groups * num_train**2 * float(torch.empty(0, dtype=self.compute_dtype).element_size()),
-        }
+    @property
+    def streaming(self) -> bool:
+        """Whether the estimator runs in O(n·d) from streamed statistics (no n×n Gram matrix)."""
+        return self.args.estimator in STREAMING_ESTIMATORS
 
-    def check_memory(self, num_train: int) -> dict[str, float]:
-        plan = self.memory_plan(num_train)
+    def memory_plan(self, num_train: int) -> dict[str, float]:
+        """Bytes of every buffer of the run for the chosen estimator, planned before any work.
+
+        ``batch_gradients`` (compute device): one batch of per-sample gradients of all processes.
+        ``stored_gradients`` (compute device up to ``gradient_memory_gb``, then disk): all per-sample gradients,
+        kept by DataInf and the Gram estimators; TracIn keeps none.
+        ``statistics`` (compute device): a and ‖g‖², groups × n values.
+        ``gram`` (CPU, Gram estimators only): K (groups × n²) and the estimator's float64 working copies (×3 with
+        the float64 copy and the solve's workspace).
+        ``spill_traffic`` (disk reads): spilled gradients read back: twice for DataInf; for the Gram route each
+        window is read once per later window.
+        """
+        total_dim = sum(self.dims_per_block)
+        compute = float(torch.empty(0, dtype=self.compute_dtype).element_size())
+        store = float(torch.empty(0, dtype=self.store_dtype).element_size())
+        procs = 1 if self.accelerator is None else self.accelerator.num_processes
+        groups = self.layout.num_groups
+        stored = num_train * total_dim * store if self.args.estimator != "tracin" else 0.0
         budget = self.args.gradient_memory_gb * 2**30
+        plan = {"batch_gradients": self.args.batch_size * procs * total_dim * compute,
+                "stored_gradients": stored, "statistics": 2 * groups * num_train * compute}
+        if self.streaming:
+            plan["spill_traffic"] = 2 * stored if stored > budget else 0.0
+        else:
+            plan["gram"] = groups * num_train**2 * (compute + 2 * 8.0)
+            windows = max(1.0, stored / budget)
+            plan["spill_traffic"] = stored * (windows - 1) / 2 if stored > budget else 0.0
+        return plan
+
+    def check_memory(self, num_train: int, spill_dir: Path | None = None) -> dict[str, float]:
+        """Fail before any work, with the numbers and the option that fixes it, when a buffer of
+        :meth:`memory_plan` cannot fit: the batch in ``gradient_memory_gb``, K in the machine's memory, the
+        spilled gradients on the spill folder's disk."""
+        plan = self.memory_plan(num_train)
+        gib = 2**30
+        budget = self.args.gradient_memory_gb * gib
         if plan["batch_gradients"] > budget:
             raise MemoryError(
-                f"One batch of per-sample gradients needs {plan['batch_gradients'] / 2**30:.2f} GB, more than "
+                f"One batch of per-sample gradients needs {plan['batch_gradients'] / gib:.2f} GB, more than "
                 f"gradient_memory_gb={self.args.gradient_memory_gb}. Lower batch_size"
                 + (", or set projection_dim= (e.g. 64) for target='full'." if self.args.target == "full" else ".")
             )
+        memory = _physical_memory_bytes()
+        if "gram" in plan and memory is not None and plan["gram"] > 0.8 * memory:
+            raise MemoryError(
+                f"estimator={self.args.estimator!r} needs the n×n Gram matrix: {plan['gram'] / gib:.1f} GB for "
+                f"n={num_train} ({self.layout.num_groups} groups), more than this machine's {memory / gib:.1f} GB. Use "
+                "estimator='datainf' or 'tracin' (O(n·d), no Gram matrix), granularity='block', or fewer samples."
+            )
+        spilled = plan["stored_gradients"] - budget
+        if spilled > 0 and spill_dir is not None:
+            free = shutil.disk_usage(_existing_parent(spill_dir)).free
+            if spilled > free:
+                raise MemoryError(
+                    f"{spilled / gib:.1f} GB of per-sample gradients would spill to {spill_dir}, which has "
+                    f"{free / gib:.1f} GB free. Pass cache_dir= on a larger disk, raise gradient_memory_gb, use "
+                    "gradient_dtype='bfloat16'"
+                    + (", projection_dim= (target='full')" if self.args.target == "full" else "")
+                    + ", or estimator='tracin' (stores no gradients)."
+                )
         return plan
 
     def _gather(self, tensors):
@@ -159,15 +209,23 @@ class InfluenceEngine:
         device = grads[0].device
         grads = [g.to(device) for g in grads]
         grads, losses = self._gather((grads, losses.to(device)))
-        for l, g in enumerate(grads):
-            if not bool(torch.isfinite(g).all()):
-                rows = torch.nonzero(~torch.isfinite(g).all(dim=1)).flatten().tolist()
-                raise FloatingPointError(
-                    f"Non-finite per-sample gradients in block {self.blocks.names[l]} for samples "
-                    f"{[offset + r for r in rows][:10]}. Check those samples and the model (fp16 overflow? use "
-                    "bf16/fp32), or lower the learning rate that produced the weights."
-                )
+        # one fused flag per sample, checked once at the end of the pass (no host sync per batch)
+        self._finite_flags.append(torch.stack([torch.isfinite(g).all(dim=1) for g in grads]).all(0))
         return grads, losses
+
+    def _check_finite(self, what: str) -> None:
+        """Raise for samples whose per-sample gradients held NaN/inf in the pass that just ended."""
+        flags, self._finite_flags = self._finite_flags, []
+        if not flags:
+            return
+        finite = torch.cat(flags)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise FloatingPointError(
+                f"Non-finite per-sample gradients for {what} samples {rows[:10]}{' ...' if len(rows) > 10 else ''}. The "
+                "weights were checked before the run, so the forward overflowed on those samples: score in bf16 or "
+                "fp32 rather than fp16, or check those samples."
+            )
 
     # --- passes ---------------------------------------------------------------------------------------------
     def mean_gradient(self, loader: Iterable[dict], num_samples: int) -> list[torch.Tensor]:
@@ -182,20 +240,29 @@ class InfluenceEngine:
                 sums = block_sums if sums is None else [s + b for s, b in zip(sums, block_sums)]
         if sums is None or seen == 0:
             raise ValueError("the validation dataset is empty.")
+        self._check_finite("validation")
         if seen != num_samples:
             raise RuntimeError(f"expected {num_samples} validation samples, the loader gave {seen}")
         return [s / seen for s in sums]
 
-    def gram_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
-                        spill_dir: Path | None = None, resume_key: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a [groups, n], K [groups, n, n] and per-sample losses [n] over the training loader.
+    def training_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
+                            spill_dir: Path | None = None, resume_key: dict | None = None, streaming: bool | None = None):
+        """The training pass: (accumulator, per-sample losses [n]). The accumulator is a
+        :class:`StreamingStatistics` (DataInf, TracIn: O(n·d)) or a :class:`GramAccumulator` (K for the others).
 
         With ``spill_dir`` and ``resume_key``, the state is saved every ``checkpoint_every`` steps and at the
         end of the pass; a later call with the same key resumes after the last saved step.
         """
         budget = int(self.args.gradient_memory_gb * 2**30)
-        shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
-        acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard)
+        if self.streaming if streaming is None else streaming:
+            acc = StreamingStatistics(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir,
+                                      self.store_dtype, keep_gradients=self.args.estimator == "datainf")
+            route = ("stored gradients read twice" + (f", spilled to {spill_dir} beyond the budget" if spill_dir else "")
+                     if self.args.estimator == "datainf" else "no gradients stored")
+            logger.info("%s in O(n·d): %s.", self.args.estimator, route)
+        else:
+            shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
+            acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard)
         losses = torch.zeros(num_samples, dtype=torch.float64)
         steps_done = 0
         if spill_dir is not None and resume_key is not None:
@@ -204,6 +271,7 @@ class InfluenceEngine:
                 steps_done = int(extra["steps_done"])
                 losses = read_safetensors(spill_dir / "losses.safetensors")["losses"]
         every = self.args.checkpoint_every
+        batch_losses_list: list[tuple[int, torch.Tensor]] = []
         with self.capture:
             bar = tqdm(loader, desc="training gradients", disable=not self.progress, leave=False)
             for step, batch in enumerate(bar):
@@ -212,23 +280,47 @@ class InfluenceEngine:
                 start = acc.rows_done
                 grads, batch_losses = self._batch_grads(batch, start)
                 acc.add(grads)
-                losses[start:start + batch_losses.shape[0]] = batch_losses.to("cpu", torch.float64)
+                batch_losses_list.append((start, batch_losses.detach()))
                 steps_done = step + 1
                 if resume_key is not None and every and steps_done % every == 0 and acc.rows_done < num_samples:
+                    losses = _place_losses(losses, batch_losses_list)
                     self._save_progress(acc, resume_key, steps_done, losses)
+        losses = _place_losses(losses, batch_losses_list)
+        self._check_finite("training")
         if resume_key is not None and spill_dir is not None and every:
             # the pass is complete: keep it, so that a failure in a later step loses nothing
             self._save_progress(acc, resume_key, steps_done, losses)
-        a, K = acc.finalize()
-        if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
-            K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
         self._accumulator = acc
+        return acc, losses
+
+    def gram_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
+                        spill_dir: Path | None = None, resume_key: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """a [groups, n], K [groups, n, n] and per-sample losses [n] (the Gram route, whatever the estimator; the
+        reference the streaming route is tested against)."""
+        acc, losses = self.training_statistics(loader, num_samples, v, spill_dir, resume_key, streaming=False)
+        a, K = acc.finalize()
+        if acc.world > 1:
+            K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
         return a, K, losses
 
-    def _save_progress(self, acc: GramAccumulator, key: dict, steps_done: int, losses: torch.Tensor) -> None:
+    def _save_progress(self, acc, key: dict, steps_done: int, losses: torch.Tensor) -> None:
         acc.save_state(key)
         write_safetensors(acc.spill_dir / "losses.safetensors", {"losses": losses})
         write_json(acc.spill_dir / "progress.json", {"steps_done": steps_done})
+
+    def estimate_streaming(self, acc: StreamingStatistics) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """DataInf / TracIn from streamed statistics: (influence [L, n] float64, damping [groups], settings)."""
+        damping = acc.damping(self.args)
+        if self.args.estimator == "tracin":
+            per_group, damping = acc.tracin(), torch.zeros_like(damping)
+        else:
+            per_group = acc.datainf(damping)
+        if not torch.isfinite(per_group).all():
+            raise FloatingPointError(f"The {self.args.estimator} estimator produced non-finite influence values; raise "
+                                     "damping / damping_factor.")
+        influence = torch.zeros(len(self.blocks), per_group.shape[1], dtype=torch.float64)
+        influence.index_add_(0, self.layout.group_to_block(), per_group)
+        return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)"}
 
     def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
@@ -238,14 +330,14 @@ class InfluenceEngine:
             checkpoint_dir: str | os.PathLike | None = None, resume_key: dict | None = None,
             cache_dir: str | os.PathLike | None = None):
         """Both passes and the estimator. Returns (influence [L, n] float64, damping, estimator settings, losses)."""
-        plan = self.check_memory(num_train)
-        budget = self.args.gradient_memory_gb * 2**30
         spill_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        plan = self.check_memory(num_train, spill_dir or Path(cache_dir or tempfile.gettempdir()))
+        budget = self.args.gradient_memory_gb * 2**30
         if spill_dir is not None and self.accelerator is not None and self.accelerator.num_processes > 1:
             # every process holds the same statistics and keeps its own spill files and state
             spill_dir = spill_dir / f"rank{self.accelerator.process_index}"
         temp = None
-        if spill_dir is None and plan["stored_gradients"] > budget:
+        if spill_dir is None and plan.get("stored_gradients", 0) > budget:
             temp = tempfile.TemporaryDirectory(prefix="layerif-gradients-", dir=cache_dir)
             spill_dir = Path(temp.name)
             logger.info("Per-sample gradients (%.2f GB) exceed gradient_memory_gb; spilling to %s.",
@@ -264,8 +356,14 @@ class InfluenceEngine:
                     write_json(spill_dir / "validation.json", {"key": resume_key})
             device = v[0].device
             v = [t.to(device) for t in v]
-            a, K, losses = self.gram_statistics(train_loader, num_train, v, spill_dir, resume_key)
-            influence, damping, settings = self.estimate(a, K)
+            acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key)
+            if isinstance(acc, StreamingStatistics):
+                influence, damping, settings = self.estimate_streaming(acc)
+            else:
+                a, K = acc.finalize()
+                if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
+                    K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
+                influence, damping, settings = self.estimate(a, K)
         finally:
             if temp is not None:
                 temp.cleanup()
@@ -308,3 +406,30 @@ def lora_is_fresh(tracked) -> bool:
     return all(
         not bool(m.module.weight.detach().any()) for modules in tracked for m in modules if ".lora_B." in m.name
     )
+
+
+def _place_losses(losses: torch.Tensor, pending: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Copy the per-batch losses kept on the device into the [n] CPU vector (one transfer per call)."""
+    if pending:
+        starts = [s for s, _ in pending]
+        values = torch.cat([v.reshape(-1) for _, v in pending]).to("cpu", torch.float64)
+        offset = 0
+        for start, (_, v) in zip(starts, pending):
+            losses[start:start + v.numel()] = values[offset:offset + v.numel()]
+            offset += v.numel()
+        pending.clear()
+    return losses
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -1,0 +1,185 @@
+"""DataInf and TracIn in O(n·d) time without the n×n Gram matrix (METHOD §2.1).
+
+Per parameter group (a block, or one tensor of a block) with per-sample gradients G ∈ R^{n×d} and the mean
+validation gradient v:
+
+- TracIn needs only a = G v:                          I = −a.
+- DataInf needs a and the squared norms ‖g_i‖² (one pass over G), then, with λ from the norms and
+  c_i = a_i / (λ + ‖g_i‖²), the vector w = Gᵀ c = Σ_i c_i g_i (a second read of G) and the products G w
+  (a third read):                                     I = −(a − G w / n) / λ.
+
+This equals :class:`~hf_layerif.influence.estimators.DataInfEstimator` on (a, K) exactly in exact arithmetic
+(K c = G Gᵀ c = G w), at O(n·d) instead of O(n²·d) time and with no n² memory.
+
+:class:`StreamingStatistics` keeps a and the norms on the compute device while gradients arrive batch by batch,
+and keeps the gradients themselves (DataInf only) in memory up to a budget, spilling windows to disk beyond it,
+so that the two later reads need no gradient recomputation. Memory: a and norms (groups × n values), one window
+of gradients (≤ ``memory_budget_bytes``), and w (Σ d values).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from .estimators import damping_from_gram
+from .gram import GroupLayout
+
+STATE_FILE = "stream_state.safetensors"
+STATE_META = "stream_state.json"
+
+
+class StreamingStatistics:
+    """a, ‖g‖² and (for DataInf) the stored gradients, accumulated chunk by chunk.
+
+    Args:
+        layout: column ranges of the groups in each block's gradient.
+        validation_gradients: v per block, [d_l] each.
+        num_samples: n.
+        compute_dtype: dtype of the products (float32, or float64 for float64 gradients).
+        memory_budget_bytes: device memory for stored gradients; beyond it, windows spill to ``spill_dir``.
+        spill_dir: folder for spilled windows and the resumable state (``None``: everything must fit the budget).
+        store_dtype: dtype of stored gradients.
+        keep_gradients: store gradients for the later reads (DataInf); TracIn needs none.
+    """
+
+    def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
+                 compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
+                 store_dtype: torch.dtype | None = None, keep_gradients: bool = True):
+        self.layout = layout
+        self.v = validation_gradients
+        self.n = num_samples
+        self.compute_dtype = compute_dtype
+        self.store_dtype = store_dtype or compute_dtype
+        self.budget = int(memory_budget_bytes)
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.keep_gradients = keep_gradients
+        device = validation_gradients[0].device
+        groups = layout.num_groups
+        self.a = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
+        self.norms = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
+        self.rows_done = 0
+        self.window: list[list[torch.Tensor]] = []  # chunks of the in-memory window, [c, d_l] per block
+        self.window_start = 0
+        self.window_bytes = 0
+        self.spilled: list[dict] = []  # {"file", "start", "rows"}
+
+    # --- first pass -----------------------------------------------------------------------------------
+    def _group_columns(self):
+        g = 0
+        for l, bounds in enumerate(self.layout.bounds):
+            for j in range(len(bounds) - 1):
+                yield g, l, bounds[j], bounds[j + 1]
+                g += 1
+
+    def add(self, grads: list[torch.Tensor]) -> None:
+        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order (no host sync)."""
+        c = grads[0].shape[0]
+        if self.rows_done + c > self.n:
+            raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
+        start = self.rows_done
+        compute = [g.to(self.compute_dtype) for g in grads]
+        for g, l, lo, hi in self._group_columns():
+            block = compute[l][:, lo:hi]
+            v = self.v[l][lo:hi].to(block.device, self.compute_dtype)
+            self.a[g, start:start + c] = (block @ v).to(self.a.device)
+            self.norms[g, start:start + c] = block.pow(2).sum(1).to(self.norms.device)
+        self.rows_done += c
+        if not self.keep_gradients:
+            return
+        stored = [g.detach().to(self.store_dtype) for g in grads]
+        if not self.window:
+            self.window_start = start
+        self.window.append(stored)
+        self.window_bytes += sum(t.numel() * t.element_size() for t in stored)
+        if self.window_bytes >= self.budget and self.rows_done < self.n:
+            if self.spill_dir is None:
+                raise MemoryError(
+                    f"Per-sample gradients exceed gradient_memory_gb ({self.budget / 2**30:.2f} GB) and no folder to "
+                    "spill them to was given. Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
+                    "gradient_dtype='bfloat16', or estimator='tracin' (which stores none)."
+                )
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the in-memory window to ``spill_dir`` as one safetensors file."""
+        if not self.window:
+            return
+        merged = [torch.cat([chunk[l] for chunk in self.window]) for l in range(len(self.layout.bounds))]
+        name = f"gradients_{self.window_start:09d}.safetensors"
+        write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
+        self.spilled.append({"file": name, "start": self.window_start, "rows": merged[0].shape[0]})
+        self.window, self.window_bytes = [], 0
+
+    # --- later reads ----------------------------------------------------------------------------------
+    def _windows(self, device):
+        """(start, [rows, d_l] per block) for every stored window in order: spilled ones, then the in-memory one."""
+        for entry in self.spilled:
+            tensors = read_safetensors(self.spill_dir / entry["file"], device=str(device))
+            yield entry["start"], [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
+        if self.window:
+            yield self.window_start, [torch.cat([chunk[l] for chunk in self.window]) for l in range(len(self.layout.bounds))]
+
+    def damping(self, args) -> torch.Tensor:
+        """λ per group by DataInf's rule (or the absolute value), float64 [groups], on the CPU."""
+        return damping_from_gram(self.norms.to("cpu", torch.float64), self.layout.dims(), args.damping_factor, args.damping)
+
+    def datainf(self, damping: torch.Tensor) -> torch.Tensor:
+        """I [groups, n] float64 (Koh & Liang sign): −(a − G w / n) / λ with w = Gᵀ c, c = a / (λ + ‖g‖²)."""
+        if self.rows_done != self.n:
+            raise ValueError(f"only {self.rows_done} of {self.n} samples were added")
+        device = self.a.device
+        lam = damping.to(device, torch.float64)[:, None]
+        a = self.a.to(torch.float64)
+        c = a / (lam + self.norms.to(torch.float64))
+        w = [torch.zeros(hi - lo, dtype=torch.float64, device=device) for _, _, lo, hi in self._group_columns()]
+        for start, blocks in self._windows(device):
+            rows = blocks[0].shape[0]
+            for g, l, lo, hi in self._group_columns():
+                w[g] += blocks[l][:, lo:hi].to(torch.float64).T @ c[g, start:start + rows]
+        Gw = torch.zeros_like(a)
+        for start, blocks in self._windows(device):
+            rows = blocks[0].shape[0]
+            for g, l, lo, hi in self._group_columns():
+                Gw[g, start:start + rows] = blocks[l][:, lo:hi].to(torch.float64) @ w[g]
+        return (-(a - Gw / self.n) / lam).to("cpu")
+
+    def tracin(self) -> torch.Tensor:
+        return -self.a.to("cpu", torch.float64)
+
+    # --- checkpointing --------------------------------------------------------------------------------
+    def save_state(self, fingerprint: dict) -> None:
+        """Spill the window and save a, the norms and the progress (O(state): groups × n values)."""
+        if self.keep_gradients:
+            self.flush()
+        write_safetensors(self.spill_dir / STATE_FILE, {"a": self.a, "norms": self.norms})
+        write_json(self.spill_dir / STATE_META, {"rows_done": self.rows_done, "num_samples": self.n,
+                                                 "spilled": self.spilled, "fingerprint": fingerprint})
+
+    def try_resume(self, fingerprint: dict) -> int:
+        if self.spill_dir is None or not (self.spill_dir / STATE_META).exists():
+            return 0
+        meta = read_json(self.spill_dir / STATE_META)
+        if meta.get("fingerprint") != fingerprint or meta.get("num_samples") != self.n:
+            return 0
+        state = read_safetensors(self.spill_dir / STATE_FILE, device=str(self.a.device))
+        self.a.copy_(state["a"])
+        self.norms.copy_(state["norms"])
+        self.rows_done = int(meta["rows_done"])
+        self.spilled = list(meta["spilled"])
+        return self.rows_done
+
+    def cleanup(self) -> None:
+        if self.spill_dir is None:
+            return
+        for entry in self.spilled:
+            (self.spill_dir / entry["file"]).unlink(missing_ok=True)
+        for name in (STATE_FILE, STATE_META):
+            (self.spill_dir / name).unlink(missing_ok=True)
+        try:
+            self.spill_dir.rmdir()
+        except OSError:
+            pass
