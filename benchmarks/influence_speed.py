@@ -24,7 +24,7 @@ import time
 import torch
 
 
-def build_model(preset: str, device: str, dtype: torch.dtype):
+def build_model(preset: str, device: str, dtype: torch.dtype, layers: int = 6, fitted: bool = False):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -36,11 +36,18 @@ def build_model(preset: str, device: str, dtype: torch.dtype):
         with torch.device(device):
             model = MistralForCausalLM(config).to(dtype)
     else:
-        config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=6,
+        config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
                              num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
         model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
     model.eval()
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    if fitted:  # stands in for a fitted adapter: B non-zero, so every A and B gradient is formed
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.device, p.dtype))
+    return peft_model
 
 
 def make_samples(count: int, seq: int, vocab: int, seed: int):
@@ -145,19 +152,30 @@ def main() -> None:
     parser.add_argument("--skip_loop", action="store_true", help="skip the batch-size-1 loop (slow at 7B)")
     parser.add_argument("--kronfluence", action="store_true", help="also time kronfluence identity/ekfac (if installed)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--layers", type=int, default=6, help="blocks of the small Llama")
+    parser.add_argument("--fitted", action="store_true", help="score an adapter with non-zero B (as after fitting)")
+    parser.add_argument("--estimator", default="datainf")
+    parser.add_argument("--target", default="lora", choices=["lora", "full"])
+    parser.add_argument("--projection_dim", type=int, default=None)
+    parser.add_argument("--n_sweep", default=None, help="comma-separated n: one fresh process per n, then a table and "
+                                                        "a plot (--plot) of time over the floor and peak memory against n")
+    parser.add_argument("--plot", default=None, help="PNG of the sweep")
     args = parser.parse_args()
+    if args.n_sweep:
+        return sweep(args)
     if args.device == "cpu":
         torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
 
     from hf_layerif import compute_layer_influence
 
-    model = build_model(args.preset, args.device, dtype)
+    model = build_model(args.preset, args.device, dtype, args.layers, args.fitted)
     vocab = model.get_input_embeddings().num_embeddings
     train, val = make_samples(args.n, args.seq, vocab, 1), make_samples(args.m, args.seq, vocab, 2)
 
     # warm-up (allocator, kernels), not timed
-    compute_layer_influence(model, train[:2], val[:1], batch_size=2, progress=False, bootstrap_samples=0)
+    compute_layer_influence(model, train[:2], val[:1], batch_size=2, progress=False, bootstrap_samples=0, repeats=1,
+                            target=args.target, projection_dim=args.projection_dim)
     time_floor(model, train[:2], 2, args.device)
 
     floor = time_floor(model, train + val, args.batch_size, args.device)
@@ -165,15 +183,17 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)
     start = time.perf_counter()
+    options = dict(estimator=args.estimator, target=args.target, projection_dim=args.projection_dim, repeats=1)
     scores = compute_layer_influence(model, train, val, batch_size=args.batch_size, progress=False, bootstrap_samples=0,
-                                     gradient_memory_gb=64.0)
+                                     gradient_memory_gb=64.0, **options)
     sync(args.device)
     ours = time.perf_counter() - start
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     loop = None if args.skip_loop else time_per_sample_loop(model, train, val, args.device)
     kron = time_kronfluence(model, train, val, args.batch_size, args.device) if args.kronfluence else {}
     figures = {
-        "preset": args.preset, "device": args.device, "dtype": str(dtype), "n": args.n, "m": args.m, "seq": args.seq,
+        "preset": args.preset, "device": args.device, "estimator": args.estimator, "target": args.target,
+        "projection_dim": args.projection_dim, "fitted": args.fitted, "dtype": str(dtype), "n": args.n, "m": args.m, "seq": args.seq,
         "batch_size": args.batch_size, "num_blocks": scores.num_blocks,
         "compute_layer_influence_s": round(ours, 3), "floor_forward_backward_s": round(floor, 3),
         "ratio_to_floor": round(ours / floor, 3),
@@ -189,6 +209,59 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)
+
+
+def sweep(args) -> None:
+    """One fresh process per n (clean peak memory), then a table and an optional plot."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = []
+    passthrough = ["--m", str(args.m), "--seq", str(args.seq), "--batch_size", str(args.batch_size), "--layers",
+                   str(args.layers), "--estimator", args.estimator, "--target", args.target, "--skip_loop",
+                   "--device", args.device, "--preset", args.preset]
+    if args.projection_dim:
+        passthrough += ["--projection_dim", str(args.projection_dim)]
+    if args.fitted:
+        passthrough.append("--fitted")
+    for n in (int(x) for x in args.n_sweep.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "figures.json")
+            subprocess.run([sys.executable, __file__, "--n", str(n), "--json", out, *passthrough], check=True,
+                           stdout=subprocess.DEVNULL)
+            with open(out) as handle:
+                rows.append(json.load(handle))
+        print(f"n={n}: {rows[-1]['compute_layer_influence_s']:.2f} s, floor {rows[-1]['floor_forward_backward_s']:.2f} s, "
+              f"ratio {rows[-1]['ratio_to_floor']:.2f}, peak RSS {rows[-1]['peak_rss_gb']:.2f} GB", flush=True)
+    print("| n | influence (s) | floor (s) | time over the floor | peak RSS (GB) |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']} | {r['compute_layer_influence_s']:.2f} | {r['floor_forward_backward_s']:.2f} | "
+              f"{r['ratio_to_floor']:.2f} | {r['peak_rss_gb']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        ns = [r["n"] for r in rows]
+        left.plot(ns, [r["ratio_to_floor"] for r in rows], marker="o")
+        left.axhline(1.0, color="gray", lw=0.8)
+        left.set_xscale("log", base=2)
+        left.set_xlabel("training samples n")
+        left.set_ylabel("time / forward+backward floor")
+        right.plot(ns, [r["peak_rss_gb"] for r in rows], marker="o")
+        right.set_xscale("log", base=2)
+        right.set_xlabel("training samples n")
+        right.set_ylabel("peak RSS (GB)")
+        fig.suptitle(f"{args.estimator}, target {args.target}, {'fitted' if args.fitted else 'fresh'} adapter")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
 
 
 if __name__ == "__main__":

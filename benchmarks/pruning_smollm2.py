@@ -8,7 +8,7 @@ Evaluation: WikiText-2 test perplexity over a fixed prefix of windows, zero-shot
 task files. Every (calibration seed × scoring seed) pair is one paired difference to uniform.
 
     pip install -e ".[bench]"
-    OMP_NUM_THREADS=2 python benchmarks/pruning_smollm2.py --quick            # ≤ 10 min on 2 cores
+    OMP_NUM_THREADS=2 python benchmarks/pruning_smollm2.py --quick            # smallest grid (about 30 min on 2 CPU cores)
     OMP_NUM_THREADS=2 python benchmarks/pruning_smollm2.py --json results.json   # the full grid
 
 Results are appended to ``--jsonl`` as they come (a re-run skips the rows already there).
@@ -31,15 +31,16 @@ from smollm2 import load_smollm2  # noqa: E402
 TASK_FILES = {"arc_easy": "ARC-Easy/test.json", "piqa": "piqa/test.json", "winogrande": "winogrande/test.json"}
 
 
-def score_blocks(model, tokenizer, train, validation, seed: int, fit_steps: int):
+def score_blocks(model, tokenizer, train, validation, seed: int, fit_steps: int, max_length: int):
     from peft import LoraConfig, get_peft_model
 
     from hf_layerif import compute_layer_influence
 
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
-    scores = compute_layer_influence(peft_model, train, validation, tokenizer=tokenizer, max_length=256, seed=seed,
-                                     fit_steps=fit_steps, repeats=1, bootstrap_samples=0, progress=False)
+    scores = compute_layer_influence(peft_model, train, validation, tokenizer=tokenizer, max_length=max_length, seed=seed,
+                                     fit_steps=fit_steps, fit_batch_size=4, batch_size=4, repeats=1,
+                                     bootstrap_samples=0, progress=False)
     peft_model.unload()
     return scores
 
@@ -57,12 +58,15 @@ def main() -> None:
     parser.add_argument("--eval_windows", type=int, default=32)
     parser.add_argument("--zero_shot_limit", type=int, default=200)
     parser.add_argument("--fit_steps", type=int, default=100)
+    parser.add_argument("--train_samples", type=int, default=128, help="C4 documents scored per scoring seed")
+    parser.add_argument("--max_length", type=int, default=256, help="tokens per scored document")
     parser.add_argument("--jsonl", default="pruning_smollm2.jsonl")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.methods, args.sparsities, args.calibration_seeds, args.scoring_seeds = "wanda", "0.5", "0,1", "0,1"
-        args.nsamples, args.eval_windows, args.zero_shot_limit, args.fit_steps = 32, 16, 100, 50
+        args.methods, args.sparsities, args.calibration_seeds, args.scoring_seeds = "wanda", "0.5", "0", "0,1"
+        args.nsamples, args.seqlen, args.eval_windows, args.zero_shot_limit = 16, 128, 8, 30
+        args.fit_steps, args.train_samples, args.max_length = 20, 48, 128
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from hf_layerif.allocation import block_alpha_hill, sparsity_allocation
@@ -108,8 +112,9 @@ def main() -> None:
     scores = {}
     for seed in (int(s) for s in args.scoring_seeds.split(",")):
         t0 = time.time()
-        scores[seed] = score_blocks(fresh_model(), tokenizer, c4_rows[seed * 128:(seed + 1) * 128], wiki_val[:32],
-                                    seed, args.fit_steps)
+        n = args.train_samples
+        scores[seed] = score_blocks(fresh_model(), tokenizer, c4_rows[seed * n:(seed + 1) * n], wiki_val[:n // 4],
+                                    seed, args.fit_steps, args.max_length)
         print(f"scoring seed {seed}: {time.time() - t0:.0f} s; top blocks {scores[seed].ranking()[:6]}", flush=True)
     hill = block_alpha_hill(fresh_model())
     for calib in (int(s) for s in args.calibration_seeds.split(",")):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0.dev0"
+from .version import __version__
 
 _LAZY = {
     "InfluenceArguments": "hf_layerif.influence.arguments",
@@ -28,17 +28,25 @@ _LAZY = {
     "LayerIFRouterCallback": "hf_layerif.tuners",
     "load_model": "hf_layerif.tuners",
     "Allocation": "hf_layerif.allocation",
+    "expert_allocation": "hf_layerif.allocation",
+    "sparsity_allocation": "hf_layerif.allocation",
+    "push_allocation_to_hub": "hf_layerif.hub",
+    "load_allocation": "hf_layerif.hub",
+    "LayerIFPruner": "hf_layerif.pruning",
+    "PruningConfig": "hf_layerif.pruning",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover  (imports for type checkers and IDEs only)
-    from .allocation import Allocation  # noqa: F401
+    from .allocation import Allocation, expert_allocation, sparsity_allocation  # noqa: F401
+    from .hub import load_allocation, push_allocation_to_hub  # noqa: F401
     from .influence.api import compute_layer_influence  # noqa: F401
     from .influence.arguments import InfluenceArguments  # noqa: F401
     from .influence.estimators import get_estimator  # noqa: F401
     from .influence.scores import LayerInfluenceScores  # noqa: F401
     from .models.blocks import TransformerBlocks, find_transformer_blocks  # noqa: F401
+    from .pruning import LayerIFPruner, PruningConfig  # noqa: F401
     from .trainer import LayerInfluenceTrainer  # noqa: F401
     from .tuners import LayerIFConfig, LayerIFModel, LayerIFRouterCallback, load_model  # noqa: F401
 

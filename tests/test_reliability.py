@@ -307,3 +307,22 @@ def test_model_loaded_by_path_keeps_its_stories260k_limits():
     from hf_layerif.models.checks import model_max_length
 
     assert model_max_length(AutoModelForCausalLM.from_pretrained(STORIES260K)) == 512
+
+
+def test_public_names_users_reach_for_first_import_from_the_package():
+    import hf_layerif
+    from hf_layerif import (  # noqa: F401
+        LayerIFConfig,
+        LayerIFPruner,
+        LayerInfluenceTrainer,
+        PruningConfig,
+        expert_allocation,
+        load_allocation,
+        push_allocation_to_hub,
+        sparsity_allocation,
+    )
+
+    assert set(hf_layerif.__all__) >= {"push_allocation_to_hub", "LayerIFPruner", "load_allocation"}
+    from hf_layerif.version import __version__
+
+    assert hf_layerif.__version__ == __version__

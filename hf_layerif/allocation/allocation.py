@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
 from ..utils.io import read_versioned_json, save_figure, write_json

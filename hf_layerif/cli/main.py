@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n`hf-layerif <command> --help` lists a command's options.")
         return 0
     if argv[0] in ("-V", "--version"):
-        from .. import __version__
+        from ..version import __version__
 
         print(__version__)
         return 0

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import __version__
+from ..version import __version__
 from ..data import InfluenceCollator, prepare_examples, validate_examples
 from ..models.checks import model_max_length
 from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
