@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..version import __version__
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
 from ..utils.io import read_versioned_json, save_figure, write_json
+from ..version import __version__
 from .experts import allocate_experts
 from .sparsity import allocate_sparsity
 

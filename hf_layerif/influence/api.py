@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..version import __version__
 from ..data import InfluenceCollator, prepare_examples, validate_examples
 from ..models.checks import model_max_length
 from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
 from ..utils.locking import folder_lock
 from ..utils.logging import get_logger
+from ..version import __version__
 from .arguments import InfluenceArguments
 from .checkpoint import check_resumable, model_weights_fingerprint, resume_key
 from .engine import CHECKPOINT_DIRNAME, InfluenceEngine, fingerprint_examples, lora_is_fresh
