@@ -142,3 +142,31 @@ def test_cli_prune_with_owl_and_evaluation(tmp_path, capsys):
     assert results["pruning"]["achieved"] == pytest.approx(0.5, abs=1e-6)
     assert math.isfinite(results["wikitext2_ppl"]) and results["zero_shot"]["arc_easy"]["n"] == 20
     assert (tmp_path / "layerif_allocation.json").exists() and (tmp_path / "model.safetensors").exists()
+
+
+def test_modules_reading_one_input_share_one_hessian():
+    from hf_layerif.calibration import InputStatistics
+
+    model = tiny_llama(layers=1, hidden=16)
+    block = model.model.layers[0]
+    ids = _calib(n=2, T=6)
+    inputs = {}
+    def keep(name):
+        def hook(module, args):
+            inputs[name] = args[0].detach().clone()  # returns None: the input is not replaced
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(keep(n)) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad(), InputStatistics(block, gram=True, dtype=torch.float64) as stats:
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    grams = stats.grams
+    assert grams["self_attn.q_proj"] is grams["self_attn.k_proj"] is grams["self_attn.v_proj"]
+    assert grams["mlp.gate_proj"] is grams["mlp.up_proj"]
+    assert grams["self_attn.o_proj"] is not grams["self_attn.q_proj"] and grams["mlp.down_proj"] is not grams["mlp.up_proj"]
+    for name, x in inputs.items():
+        x = x.reshape(-1, x.shape[-1]).double()
+        torch.testing.assert_close(grams[name], x.T @ x, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stats.column_norms(name), x.pow(2).sum(0).sqrt(), rtol=1e-12, atol=1e-12)

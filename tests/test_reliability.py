@@ -326,3 +326,20 @@ def test_public_names_users_reach_for_first_import_from_the_package():
     from hf_layerif.version import __version__
 
     assert hf_layerif.__version__ == __version__
+
+
+def test_non_finite_gradients_are_named_once_per_pass(monkeypatch):
+    original = PerSampleGradientCapture.compute
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        grads, losses = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:  # validation batch, then the 2nd training batch: its second sample overflows
+            grads[1][1, 0] = float("inf")
+        return grads, losses
+
+    monkeypatch.setattr(PerSampleGradientCapture, "compute", poisoned)
+    with pytest.raises(FloatingPointError, match=r"training samples \[3\]"):
+        compute_layer_influence(with_lora(tiny_llama(), randomize_b=True), random_samples(6), random_samples(2),
+                                batch_size=2, progress=False, bootstrap_samples=0)

@@ -43,15 +43,22 @@ def _to(value, device, dtype=None):
 class InputStatistics:
     """Hooks on the linear modules of one block accumulating, over calibration tokens, Σ_t x_t² per input
     column (for ‖X_j‖₂, Wanda / OWL) and optionally Σ_t x_t x_tᵀ (SparseGPT's H), in float32 (float64 with
-    ``dtype``)."""
+    ``dtype``).
+
+    Modules that read the same input tensor (q/k/v after the attention norm, gate/up after the MLP norm) share
+    one accumulator: the statistics are formed once per input, not once per module (``grams[name]`` of such
+    modules is the same tensor; SparseGPT clones it before use).
+    """
 
     def __init__(self, block: nn.Module, gram: bool = False, dtype: torch.dtype = torch.float32):
         self.gram = gram
         self.dtype = dtype
-        self.sq_norms: dict[str, torch.Tensor] = {}
-        self.grams: dict[str, torch.Tensor] = {}
-        self.tokens: dict[str, int] = {}
+        self._sq: dict[str, torch.Tensor] = {}
+        self._grams: dict[str, torch.Tensor] = {}
+        self._tokens: dict[str, int] = {}
+        self.group_of: dict[str, str] = {}  # module name -> the first module that read the same input
         self.modules: dict[str, nn.Module] = {}
+        self._last_input: tuple[torch.Tensor, int, str] | None = None
         self._handles = []
         for name, module in block.named_modules():
             if is_linear_like(module) and not any(p.startswith(("lora_", "layerif_")) for p in name.split(".")):
@@ -60,24 +67,44 @@ class InputStatistics:
 
     def _make_hook(self, name: str):
         def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(self.dtype)
+            inp = args[0]
+            last = self._last_input
+            if last is not None and last[0] is inp and last[1] == inp._version:
+                self.group_of.setdefault(name, last[2])  # same tensor as the module just before: shared
+                return
+            group = self.group_of.setdefault(name, name)
+            x = inp.detach().reshape(-1, inp.shape[-1]).to(self.dtype)
             sq = (x * x).sum(0)
-            self.sq_norms[name] = sq if name not in self.sq_norms else self.sq_norms[name] + sq
-            self.tokens[name] = self.tokens.get(name, 0) + x.shape[0]
+            self._sq[group] = sq if group not in self._sq else self._sq[group] + sq
+            self._tokens[group] = self._tokens.get(group, 0) + x.shape[0]
             if self.gram:
                 g = x.T @ x
-                self.grams[name] = g if name not in self.grams else self.grams[name] + g
+                self._grams[group] = g if group not in self._grams else self._grams[group] + g
+            self._last_input = (inp, inp._version, group)
 
         return hook
 
+    @property
+    def sq_norms(self) -> dict[str, torch.Tensor]:
+        return {name: self._sq[group] for name, group in self.group_of.items()}
+
+    @property
+    def grams(self) -> dict[str, torch.Tensor]:
+        return {name: self._grams[group] for name, group in self.group_of.items() if group in self._grams}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {name: self._tokens[group] for name, group in self.group_of.items()}
+
     def column_norms(self, name: str) -> torch.Tensor:
         """‖X_j‖₂ over all calibration tokens for each input column j of module ``name``."""
-        return self.sq_norms[name].sqrt()
+        return self._sq[self.group_of[name]].sqrt()
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._last_input = None
 
     def __enter__(self) -> InputStatistics:
         return self

@@ -63,6 +63,7 @@ class StreamingStatistics:
         self.norms = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
         self.rows_done = 0
         self.window: list[list[torch.Tensor]] = []  # chunks of the in-memory window, [c, d_l] per block
+        self.window_starts: list[int] = []
         self.window_start = 0
         self.window_bytes = 0
         self.spilled: list[dict] = []  # {"file", "start", "rows"}
@@ -94,6 +95,7 @@ class StreamingStatistics:
         if not self.window:
             self.window_start = start
         self.window.append(stored)
+        self.window_starts.append(start)
         self.window_bytes += sum(t.numel() * t.element_size() for t in stored)
         if self.window_bytes >= self.budget and self.rows_done < self.n:
             if self.spill_dir is None:
@@ -112,16 +114,16 @@ class StreamingStatistics:
         name = f"gradients_{self.window_start:09d}.safetensors"
         write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
         self.spilled.append({"file": name, "start": self.window_start, "rows": merged[0].shape[0]})
-        self.window, self.window_bytes = [], 0
+        self.window, self.window_starts, self.window_bytes = [], [], 0
 
     # --- later reads ----------------------------------------------------------------------------------
     def _windows(self, device):
-        """(start, [rows, d_l] per block) for every stored window in order: spilled ones, then the in-memory one."""
+        """(start, [rows, d_l] per block) for every stored piece in order: each spilled window (read from disk),
+        then each chunk of the in-memory window (no copy)."""
         for entry in self.spilled:
             tensors = read_safetensors(self.spill_dir / entry["file"], device=str(device))
             yield entry["start"], [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
-        if self.window:
-            yield self.window_start, [torch.cat([chunk[l] for chunk in self.window]) for l in range(len(self.layout.bounds))]
+        yield from zip(self.window_starts, self.window)
 
     def damping(self, args) -> torch.Tensor:
         """λ per group by DataInf's rule (or the absolute value), float64 [groups], on the CPU."""
@@ -134,17 +136,19 @@ class StreamingStatistics:
         device = self.a.device
         lam = damping.to(device, torch.float64)[:, None]
         a = self.a.to(torch.float64)
-        c = a / (lam + self.norms.to(torch.float64))
+        c = (a / (lam + self.norms.to(torch.float64))).to(self.compute_dtype)
+        # products in the compute dtype (no float64 copy of the gradients), sums over pieces in float64
         w = [torch.zeros(hi - lo, dtype=torch.float64, device=device) for _, _, lo, hi in self._group_columns()]
         for start, blocks in self._windows(device):
             rows = blocks[0].shape[0]
             for g, l, lo, hi in self._group_columns():
-                w[g] += blocks[l][:, lo:hi].to(torch.float64).T @ c[g, start:start + rows]
+                w[g] += (c[g, start:start + rows] @ blocks[l][:, lo:hi].to(self.compute_dtype)).to(torch.float64)
+        w = [x.to(self.compute_dtype) for x in w]
         Gw = torch.zeros_like(a)
         for start, blocks in self._windows(device):
             rows = blocks[0].shape[0]
             for g, l, lo, hi in self._group_columns():
-                Gw[g, start:start + rows] = blocks[l][:, lo:hi].to(torch.float64) @ w[g]
+                Gw[g, start:start + rows] = (blocks[l][:, lo:hi].to(self.compute_dtype) @ w[g]).to(torch.float64)
         return (-(a - Gw / self.n) / lam).to("cpu")
 
     def tracin(self) -> torch.Tensor:

@@ -116,21 +116,30 @@ class LayerIFLayer(BaseTunerLayer):
 
     @staticmethod
     def load_balancing_loss(top_i: torch.Tensor, probs: torch.Tensor, num_experts: int,
-                            counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Switch/ST-MoE: E · Σ_e f_e P_e (f_e: share of (token, slot) assignments, P_e: mean probability)."""
-        if counts is None:
-            counts = torch.bincount(top_i.reshape(-1), minlength=num_experts)
-        f = counts.to(probs.dtype) / top_i.numel()
-        return num_experts * (f * probs.mean(dim=0)).sum()
+                            counts: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Switch/ST-MoE: E · Σ_e f_e P_e (f_e: share of (token, slot) assignments, P_e: mean probability).
 
-    def token_mask_for(self, num_tokens: int, device) -> torch.Tensor | None:
-        """Boolean [N] mask of non-padding tokens from the attention mask of the current model call, if it matches
-        this layer's N flattened tokens (set by :class:`~hf_layerif.tuners.model.LayerIFModel`)."""
+        ``weights`` [N] (1 for real tokens, 0 for padding) restricts both means to real tokens; ``counts`` [E]
+        are the (weighted) assignment counts when already computed.
+        """
+        if counts is None:
+            counts = expert_counts(top_i, num_experts, weights)
+        if weights is None:
+            return num_experts * (counts.to(probs.dtype) / top_i.numel() * probs.mean(dim=0)).sum()
+        w = weights.to(probs.dtype)
+        real = w.sum().clamp_min(1.0)
+        f = counts.to(probs.dtype) / (real * top_i.shape[1])
+        return num_experts * (f * (probs * w[:, None]).sum(0) / real).sum()
+
+    def token_weights_for(self, num_tokens: int, device) -> torch.Tensor | None:
+        """[N] float weights (1 real token, 0 padding) from the attention mask of the current model call, if it
+        matches this layer's N flattened tokens (shared by :class:`~hf_layerif.tuners.model.LayerIFModel`; no
+        host synchronisation)."""
         context = getattr(self, "_token_context", None)
         mask = context.get("mask") if context is not None else None
-        if mask is None or mask.numel() != num_tokens or bool(mask.all()):
+        if mask is None or mask.numel() != num_tokens:
             return None
-        return mask.reshape(-1).to(device=device, dtype=torch.bool)
+        return mask.reshape(-1).to(device=device, dtype=torch.float32)
 
     def resolve_dispatch(self, adapter_name: str) -> str:
         if self.dispatch != "auto":
@@ -175,6 +184,13 @@ class LayerIFLayer(BaseTunerLayer):
         return torch.einsum("ne,neo->no", combine, per_expert)
 
 
+def expert_counts(top_i: torch.Tensor, num_experts: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Assignments per expert [E] (float32) of top-k indices [N, k], each token weighted by ``weights`` [N]."""
+    w = torch.ones(top_i.shape, dtype=torch.float32, device=top_i.device) if weights is None else \
+        weights.to(torch.float32)[:, None].expand(top_i.shape)
+    return torch.zeros(num_experts, dtype=torch.float32, device=top_i.device).scatter_add_(0, top_i.reshape(-1), w.reshape(-1))
+
+
 class Linear(nn.Module, LayerIFLayer):
     """A linear layer (``nn.Linear`` or a quantized linear with ``in_features`` / ``out_features``) + LoRA-MoE."""
 
@@ -204,16 +220,17 @@ class Linear(nn.Module, LayerIFLayer):
                 experts = {"gated": self._experts_gated, "sparse": self._experts_sparse,
                            "dense": self._experts_dense}[self.resolve_dispatch(adapter)]
                 delta = experts(h, A, B, top_i, gates)
-                # routing statistics over real tokens only (the model's attention mask, when the tuner shares it)
-                keep = self.token_mask_for(x_flat.shape[0], x_flat.device)
-                if keep is not None:
-                    top_i, probs, logits = top_i[keep], probs[keep], logits[keep]
-                counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts[adapter])
-                self.router_state[adapter] = {
-                    "aux": self.load_balancing_loss(top_i, probs, self.num_experts[adapter], counts),
-                    "z": torch.logsumexp(logits, dim=-1).pow(2).mean() if self.router_z_loss[adapter] else None,
-                    "counts": counts.detach(),
-                }
+                # routing statistics over real tokens only (the model's attention mask, when the tuner shares it),
+                # as weighted sums: no data-dependent shapes, no host synchronisation
+                weights = self.token_weights_for(x_flat.shape[0], x_flat.device)
+                E = self.num_experts[adapter]
+                counts = expert_counts(top_i, E, weights)
+                z = None
+                if self.router_z_loss[adapter]:
+                    lse2 = torch.logsumexp(logits, dim=-1).pow(2)
+                    z = lse2.mean() if weights is None else (lse2 * weights).sum() / weights.sum().clamp_min(1.0)
+                self.router_state[adapter] = {"aux": self.load_balancing_loss(top_i, probs, E, counts, weights),
+                                              "z": z, "counts": counts.detach()}
             delta = delta * self.scaling[adapter]
             result = result + delta.reshape(*x.shape[:-1], self.out_features).to(result_dtype)
         return result

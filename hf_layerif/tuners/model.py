@@ -41,6 +41,8 @@ class LayerIFModel(BaseTuner):
         self.gradient_accumulation_steps: int | None = None
         self.add_router_loss = True
         self._warned: set[str] = set()
+        self._moe_layers_cache: dict[tuple[str, ...], list[tuple[str, Linear]]] = {}
+        self._checked_checkpointing = False
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
         # a hook on the wrapped model, so the router loss is added however the PeftModel class calls it
         self._router_loss_hook = self.model.register_forward_hook(self._add_router_loss, with_kwargs=True)
@@ -122,8 +124,27 @@ class LayerIFModel(BaseTuner):
 
     # --- router losses ----------------------------------------------------------------------------------------
     def moe_layers(self) -> list[tuple[str, Linear]]:
-        return [(n, m) for n, m in self.model.named_modules()
-                if isinstance(m, Linear) and any(m.num_experts.get(a, 1) > 1 for a in m.active_adapters)]
+        """(name, layer) of every layer with a routed adapter active; the module walk is cached per set of active
+        adapters and redone after an adapter is added, deleted or activated."""
+        key = tuple(self.active_adapters)
+        cached = getattr(self, "_moe_layers_cache", {}).get(key)
+        if cached is None:
+            cached = [(n, m) for n, m in self.model.named_modules()
+                      if isinstance(m, Linear) and any(m.num_experts.get(a, 1) > 1 for a in m.active_adapters)]
+            self._moe_layers_cache[key] = cached
+        return cached
+
+    def inject_adapter(self, *args, **kwargs):
+        getattr(self, "_moe_layers_cache", {}).clear()
+        return super().inject_adapter(*args, **kwargs)
+
+    def delete_adapter(self, *args, **kwargs):
+        self._moe_layers_cache.clear()
+        return super().delete_adapter(*args, **kwargs)
+
+    def set_adapter(self, *args, **kwargs):
+        self._moe_layers_cache.clear()
+        return super().set_adapter(*args, **kwargs)
 
     def router_loss(self) -> torch.Tensor:
         """router_aux_loss_coef × mean load-balancing loss + router_z_loss_coef × mean z-loss over routed modules
@@ -174,6 +195,9 @@ class LayerIFModel(BaseTuner):
         self.gradient_accumulation_steps = int(steps)
 
     def _warn_reentrant_checkpointing(self) -> None:
+        if self._checked_checkpointing:
+            return
+        self._checked_checkpointing = True  # checked on the first training step only (one module walk)
         for module in self.model.modules():
             func = getattr(module, "_gradient_checkpointing_func", None)
             if getattr(module, "gradient_checkpointing", False) and func is not None:
@@ -191,7 +215,8 @@ class LayerIFModel(BaseTuner):
         if not (module.training and self.add_router_loss and kwargs.get("labels") is not None):
             return outputs
         loss = getattr(outputs, "loss", None)
-        if loss is None or not self.moe_layers():
+        layers = self.moe_layers()
+        if loss is None or not layers:
             return outputs
         self._warn_reentrant_checkpointing()
         router = self.router_loss().to(loss.device)
@@ -207,7 +232,7 @@ class LayerIFModel(BaseTuner):
                     )
             else:
                 router = router / self.gradient_accumulation_steps
-        for _, layer in self.moe_layers():
+        for _, layer in layers:
             for adapter, state in layer.router_state.items():
                 store = layer.__dict__.setdefault("_load_since_log", {})
                 store[adapter] = store.get(adapter, 0) + state["counts"].float()
