@@ -343,3 +343,36 @@ def test_non_finite_gradients_are_named_once_per_pass(monkeypatch):
     with pytest.raises(FloatingPointError, match=r"training samples \[3\]"):
         compute_layer_influence(with_lora(tiny_llama(), randomize_b=True), random_samples(6), random_samples(2),
                                 batch_size=2, progress=False, bootstrap_samples=0)
+
+
+def test_cards_of_every_kind_name_the_hub_base_model_and_no_local_path(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from hf_layerif.hub import write_hub_folder
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    moe, experts, sparsity = _moe_and_allocations()
+    for allocation in (experts, sparsity):
+        allocation.model["model_id"] = "org/base-model"  # as for a model loaded by Hub id
+    pruner = LayerIFPruner(tiny_llama(layers=2))
+    pruner.model.config._name_or_path = "org/base-model"
+    pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    staged = {
+        "allocation": write_hub_folder(experts, tmp_path / "a", repo_id="me/alloc", license="apache-2.0")[0],
+        "lora_moe": write_hub_folder(experts, tmp_path / "m", model=moe, license="apache-2.0",
+                                     eval_results={"arc_easy": {"acc_norm": 0.5}})[0],
+        "pruned": write_hub_folder(pruner._allocation_for_card(), tmp_path / "p", model=pruner, repo_id="me/pruned",
+                                   license="apache-2.0", eval_results={"wikitext2_ppl": 12.5})[0],
+    }
+    for kind, folder in staged.items():
+        text = (folder / "README.md").read_text()
+        card = ModelCard(text)  # huggingface_hub's own parsing of the metadata block
+        data = card.data.to_dict()
+        assert data["base_model"] == "org/base-model" and data["license"] == "apache-2.0", kind
+        assert "2505.23811" in text and "Askari" in text, kind
+        assert "your-name" not in text and str(tmp_path) not in text, kind
+        assert "github.com/hf-layerif" not in text, kind
+    assert ModelCard((staged["lora_moe"] / "README.md").read_text()).data.to_dict()["base_model_relation"] == "adapter"
+    assert './m"' in (staged["lora_moe"] / "README.md").read_text()  # staged only: a relative path
+    pruned = ModelCard((staged["pruned"] / "README.md").read_text()).data
+    assert pruned.eval_results and pruned.eval_results[0].metric_value == 12.5

@@ -13,14 +13,14 @@ from typing import Any
 from ..influence.scores import SIGN_CONVENTION
 
 TEMPLATES = {"allocation": "allocation.md.j2", "pruned": "pruned.md.j2", "lora_moe": "lora_moe.md.j2"}
-CITATION = """@misc{layerif,
-  title  = {LayerIF: Estimating Layer Quality for Large Language Models using Influence Functions},
-  note   = {The LayerIF paper}
-}
-@software{hf_layerif,
-  title  = {hf-layerif: LayerIF for the Hugging Face ecosystem},
-  note   = {https://github.com/hf-layerif/hf-layerif}
+CITATION = """@article{askari2025layerif,
+  title   = {LayerIF: Estimating Layer Quality for Large Language Models using Influence Functions},
+  author  = {Askari, Hadi and Gupta, Shivanshu and Wang, Fei and Chhabra, Anshuman and Chen, Muhao},
+  journal = {arXiv preprint arXiv:2505.23811},
+  year    = {2025},
+  url     = {https://arxiv.org/abs/2505.23811}
 }"""
+PROJECT_LINK = "https://pypi.org/project/hf-layerif/"
 
 
 def template_text(kind: str) -> str:
@@ -40,6 +40,7 @@ def render_card(kind: str, card_data, **variables: Any):
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     variables.setdefault("sign_convention", SIGN_CONVENTION)
     variables.setdefault("citation", CITATION)
+    variables.setdefault("project_link", PROJECT_LINK)
     try:
         body = env.from_string(template_text(kind)).render(**variables)
     except jinja2.UndefinedError as err:

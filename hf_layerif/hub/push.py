@@ -141,13 +141,35 @@ def _prepare_staging_dir(local: Path) -> None:
     (local / STAGING_MARKER).write_text("staged by hf-layerif; emptied by the next push\n", encoding="utf-8")
 
 
-def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, model=None, repo_id: str = "your-name/your-repo",
-                     eval_results: dict | None = None, clean: bool = False) -> tuple[Path, str]:
+def _is_local_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
+
+
+def _base_license(hub_base: str | None, api=None) -> str | None:
+    """The base model's license from its Hub card (``None`` offline or when it states none)."""
+    if hub_base is None:
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        info = (api or HfApi()).model_info(hub_base)
+        data = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+        value = data.get("license") if hasattr(data, "get") else getattr(data, "license", None)
+        return str(value) if value else None
+    except Exception:  # offline, private or missing: the caller passes license= then
+        return None
+
+
+def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, model=None, repo_id: str | None = None,
+                     eval_results: dict | None = None, clean: bool = False, license: str | None = None
+                     ) -> tuple[Path, str]:
     """Write what :func:`push_allocation_to_hub` uploads — the allocation, its plot, the model files and the model
     card (README.md) — into ``local_dir``; returns (folder, kind). Useful on its own to inspect or share offline.
 
     ``clean=True`` (what a push uses) first empties a folder staged before, so files of an earlier, different
-    push (an adapter where now only an allocation is staged) are never uploaded again.
+    push (an adapter where now only an allocation is staged) are never uploaded again. Without ``repo_id`` the
+    card's loading code uses the folder's relative path. ``license`` is the card's license (staging alone never
+    asks the Hub; :func:`push_allocation_to_hub` defaults it to the base model's license there).
     """
     from huggingface_hub import ModelCardData
 
@@ -161,18 +183,22 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
     if clean:
         _prepare_staging_dir(local)
     info = _stage(allocation, model, kind, local)
-    base_model = allocation.model.get("model_id") or allocation.model.get("architecture") or "unknown"
+    model_id = allocation.model.get("model_id") or ""
+    hub_base = model_id if "/" in model_id and not _is_local_path(model_id) else None
+    # titles and code never show a local absolute path: a local base model is named by its folder name
+    base_model = hub_base or (Path(model_id).name if model_id else None) or allocation.model.get("architecture") or "unknown"
     method_tag = allocation.method if allocation.method != "layerif" else "layerif-allocation"
-    common = dict(repo_id=repo_id, base_model=base_model, library_version=allocation.library_version,
+    load_target = repo_id or f"./{local.name}"
+    model_name = (repo_id or local.name).split("/")[-1]
+    common = dict(repo_id=load_target, base_model=base_model, library_version=allocation.library_version,
                   plot_file=PLOT_FILE, rows=_rows(allocation))
-    eval_entries = eval_results_for(eval_results, repo_id.split("/")[-1])
+    metadata = dict(base_model=hub_base, datasets=_datasets(allocation), license=license, pipeline_tag="text-generation")
+    eval_entries = eval_results_for(eval_results, model_name)
     eval_rows = []
     for entry in eval_entries or []:
         eval_rows.append({"task": entry.dataset_name, "metric": entry.metric_type, "value": f"{entry.metric_value:.4f}"})
-    hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
     if kind == "allocation":
-        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="hf-layerif",
-                                  tags=["layerif", f"{allocation.kind}-allocation", method_tag])
+        card_data = ModelCardData(**metadata, library_name="hf-layerif", tags=["layerif", f"{allocation.kind}-allocation", method_tag])
         usage = ("config = allocation.to_peft_config(r=8, lora_alpha=16)  # LoRA-MoE experts per block"
                  if allocation.kind == "experts" else
                  "ratios = allocation.ratios_for(model)  # sparsity per linear module")
@@ -184,8 +210,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
                            num_blocks=allocation.num_blocks, revision=allocation.model.get("revision"),
                            scores_text=_scores_text(allocation), created=allocation.created, **common)
     elif kind == "pruned":
-        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="transformers",
-                                  tags=["layerif", "pruned", info["method"], method_tag], model_name=repo_id.split("/")[-1],
+        card_data = ModelCardData(**metadata, library_name="transformers",
+                                  tags=["layerif", "pruned", info["method"], method_tag], model_name=model_name,
                                   eval_results=eval_entries)
         card = render_card("pruned", card_data, method=info["method"], structure=info["structure"],
                            sparsity=info["sparsity"], achieved=info["achieved"], allocation_method=allocation.method,
@@ -193,8 +219,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
                            **{**common, "rows": info["pruned_rows"]})
     else:
         config = info["adapter_config"]
-        card_data = ModelCardData(base_model=hub_base, datasets=_datasets(allocation), library_name="peft",
-                                  tags=["layerif", "lora-moe", "lora", method_tag], model_name=repo_id.split("/")[-1],
+        card_data = ModelCardData(**metadata, base_model_relation="adapter" if hub_base else None, library_name="peft",
+                                  tags=["layerif", "lora-moe", "lora", method_tag], model_name=model_name,
                                   eval_results=eval_entries)
         card = render_card("lora_moe", card_data, total_experts=sum(config["experts_per_layer"]),
                            allocation_method=allocation.method, r=config["r"], lora_alpha=config["lora_alpha"],
@@ -207,7 +233,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
 
 def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, api=None, private: bool = False,
                            create_pr: bool = False, commit_message: str | None = None, eval_results: dict | None = None,
-                           local_dir: str | os.PathLike | None = None, token: str | None = None):
+                           local_dir: str | os.PathLike | None = None, token: str | None = None,
+                           license: str | None = None):
     """Upload ``allocation`` (plus the pruned model / LoRA-MoE adapter in ``model``) with a model card, in one commit.
 
     Args:
@@ -218,12 +245,17 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
         api: an ``huggingface_hub.HfApi`` (injectable; default ``HfApi(token=token)``).
         eval_results: ``{task: {metric: value}}`` (or ``{"wikitext2_ppl": value}``) for the card's model-index.
         local_dir: where the files are staged (kept after the upload; default ``./hub-upload-<owner>--<name>``).
+        license: the card's license (default: the base model's license on the Hub, when it can be read).
     Returns:
         the ``CommitInfo`` of the single commit.
     """
     _check_allocation(allocation)
     local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
-    local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True)
+    if license is None:
+        model_id = allocation.model.get("model_id") or ""
+        license = _base_license(model_id if "/" in model_id and not _is_local_path(model_id) else None, api)
+    local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True,
+                                   license=license)
     return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
                               commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
                               + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))
