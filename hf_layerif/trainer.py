@@ -23,10 +23,12 @@ class LayerInfluenceTrainer(Trainer):
 
     Training a LayerIF LoRA-MoE adapter: the router losses are added to the task loss by the model and scaled for
     gradient accumulation (a :class:`~hf_layerif.LayerIFRouterCallback` is added automatically), and the logs
-    carry ``router/aux_loss`` and per-module expert-load entropy and max share.
+    carry a routing summary (``router/aux_loss``, ``router/entropy_mean`` / ``_min``, ``router/max_share``);
+    ``router_log_per_module=True`` adds each routed module's entropy and max share.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, router_log_per_module: bool = False, **kwargs) -> None:
+        self.router_log_per_module = router_log_per_module
         super().__init__(*args, **kwargs)
         from .tuners.callback import LayerIFRouterCallback, find_layerif_model
 
@@ -36,7 +38,7 @@ class LayerInfluenceTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if getattr(self, "_layerif_tuner", None) is not None and "loss" in logs:
-            logs = {**logs, **self._layerif_tuner.router_statistics()}
+            logs = {**logs, **self._layerif_tuner.router_statistics(per_module=self.router_log_per_module)}
         super().log(logs, *args, **kwargs)
 
     def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,

@@ -90,7 +90,15 @@ def test_router_statistics_are_logged(tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and "router/aux_loss" in logged[0]
-    assert any(k.endswith("/entropy") for k in logged[0]) and any(k.endswith("/max_share") for k in logged[0])
+    router_keys = {k for k in logged[0] if k.startswith("router/")}
+    assert router_keys == {"router/aux_loss", "router/entropy_mean", "router/entropy_min", "router/max_share"}
+    assert 0 <= logged[0]["router/entropy_min"] <= logged[0]["router/entropy_mean"] <= 1
+    detailed = SequentialLayerInfluenceTrainer(model=_model(), router_log_per_module=True,
+                                               args=_args(tmp_path / "d", per_device_train_batch_size=2, max_steps=2),
+                                               train_dataset=_data(), data_collator=InfluenceCollator(0))
+    detailed.train()
+    entry = next(e for e in detailed.state.log_history if "loss" in e)
+    assert any(k.endswith("/entropy") for k in entry) and any(k.endswith("/max_share") for k in entry)
 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path):

@@ -376,3 +376,21 @@ def test_cards_of_every_kind_name_the_hub_base_model_and_no_local_path(tmp_path)
     assert './m"' in (staged["lora_moe"] / "README.md").read_text()  # staged only: a relative path
     pruned = ModelCard((staged["pruned"] / "README.md").read_text()).data
     assert pruned.eval_results and pruned.eval_results[0].metric_value == 12.5
+
+
+def test_package_logging_follows_transformers_verbosity(capsys):
+    from transformers.utils import logging as hf_logging
+
+    from hf_layerif.utils.logging import get_logger
+
+    logger = get_logger("hf_layerif.influence.engine")
+    before = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_warning()
+        logger.info("quiet message")
+        hf_logging.set_verbosity_info()
+        logger.info("loud message")
+    finally:
+        hf_logging.set_verbosity(before)
+    err = capsys.readouterr().err
+    assert "loud message" in err and "quiet message" not in err

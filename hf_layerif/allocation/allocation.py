@@ -318,10 +318,20 @@ def plot_allocations(allocations: list[Allocation], path: str | os.PathLike, lab
     fig, ax = plt.subplots(figsize=(max(6, L * 0.35 * len(allocations) ** 0.5), 4))
     x = np.arange(L)
     for i, (alloc, label) in enumerate(zip(allocations, labels)):
+        if alloc.kind == "experts":
+            label = f"{label} (total {sum(alloc.values)})"
+        elif alloc.achieved_sparsity is not None:
+            label = f"{label} (global {alloc.achieved_sparsity:.3f})"
         ax.bar(x + (i - (len(allocations) - 1) / 2) * width, alloc.values, width, label=label)
+    targets = {a.hyperparameters.get("target_sparsity") for a in allocations if a.kind == "sparsity"} - {None}
+    for target in sorted(targets):
+        ax.axhline(float(target), color="black", lw=0.8, ls="--", label=f"target sparsity {float(target):g}")
     ax.set_xlabel("block")
     ax.set_ylabel("experts" if kinds == {"experts"} else "sparsity ratio")
-    ax.set_title(title or ("Experts per block" if kinds == {"experts"} else "Sparsity per block"))
+    model_name = allocations[0].model.get("model_id") or allocations[0].model.get("architecture") or ""
+    model_name = model_name.rstrip("/").split("/")[-1] if model_name.startswith(("/", ".")) else model_name
+    ax.set_title(title or (("Experts per block" if kinds == {"experts"} else "Sparsity per block")
+                           + (f" of {model_name}" if model_name else "")))
     ax.set_xticks(x[:: max(1, L // 16)])
     ax.legend()
     fig.tight_layout()

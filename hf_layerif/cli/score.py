@@ -57,9 +57,14 @@ def attach_adapter(model, args: ScoreArguments, target: str):
 
     if args.adapter:
         return PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
+    import warnings
+
     targets = args.target_modules if args.target_modules == "all-linear" else [t.strip() for t in args.target_modules.split(",")]
     torch.manual_seed(args.lora_seed)
-    return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets))
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers 5.2x method that warns of its own rename
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                                                target_modules=targets))
 
 
 def run(argv: list[str]) -> int:

@@ -23,11 +23,13 @@ class LayerIFRouterCallback(TrainerCallback):
 
     - at ``on_train_begin``: tells the model the gradient-accumulation steps, so that the router loss added to a
       task loss already normalised over the accumulated micro-batches is not over-weighted that many times;
-    - at ``on_log``: adds ``router/aux_loss`` and per-module expert-load entropy and max share to the logs.
+    - at ``on_log``: adds the routing summary (``router/aux_loss``, ``router/entropy_mean``, ``router/entropy_min``,
+      ``router/max_share``) to the logs, and each routed module's entropy and max share with ``per_module=True``.
     """
 
-    def __init__(self, log_statistics: bool = True) -> None:
+    def __init__(self, log_statistics: bool = True, per_module: bool = False) -> None:
         self.log_statistics = log_statistics
+        self.per_module = per_module
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         tuner = find_layerif_model(model)
@@ -37,4 +39,4 @@ class LayerIFRouterCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         tuner = find_layerif_model(model)
         if self.log_statistics and tuner is not None and logs is not None and "loss" in logs:
-            logs.update(tuner.router_statistics())
+            logs.update(tuner.router_statistics(per_module=self.per_module))

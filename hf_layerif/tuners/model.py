@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -165,27 +166,40 @@ class LayerIFModel(BaseTuner):
             loss = loss + config.router_z_loss_coef * torch.stack(z).mean()
         return loss
 
-    def router_statistics(self) -> dict[str, float]:
-        """Mean load-balancing loss, and per routed module the normalised entropy and max share of the expert
-        load accumulated since the last call (the counters are then reset)."""
+    def router_statistics(self, per_module: bool = False) -> dict[str, float]:
+        """Routing health since the last call (the load counters are then reset), in one stacked computation:
+
+        ``router/aux_loss`` (mean load-balancing loss), ``router/entropy_mean`` and ``router/entropy_min`` (the
+        normalised entropy of each routed module's expert load: 1 = even, 0 = one expert takes everything),
+        ``router/max_share`` (the largest share any expert of any module takes); with ``per_module=True`` also
+        ``router/<module>/entropy`` and ``router/<module>/max_share`` (two entries per routed module).
+        """
         adapter = self.active_adapters[0]
-        stats: dict[str, float] = {}
-        aux_values = []
+        names, loads, aux = [], [], []
         for name, module in self.moe_layers():
             state = module.router_state.get(adapter)
             if state is None:
                 continue
-            aux_values.append(float(state["aux"].detach()))
             counts = module.__dict__.setdefault("_load_since_log", {}).pop(adapter, None)
-            if counts is None:
-                counts = state["counts"].float()
-            share = counts / counts.sum().clamp_min(1)
-            entropy = float(-(share * share.clamp_min(1e-12).log()).sum() / torch.log(torch.tensor(float(len(share)))))
-            short = name.replace("base_model.model.", "")
-            stats[f"router/{short}/entropy"] = entropy
-            stats[f"router/{short}/max_share"] = float(share.max())
-        if aux_values:
-            stats["router/aux_loss"] = sum(aux_values) / len(aux_values)
+            loads.append(state["counts"].float() if counts is None else counts)
+            aux.append(state["aux"].detach().float().reshape(()))
+            names.append(name.replace("base_model.model.", ""))
+        if not names:
+            return {}
+        entropies, max_shares = [], []
+        for load in loads:  # modules differ in expert count: one small vector each, one transfer at the end
+            share = load / load.sum().clamp_min(1)
+            entropies.append(-(share * share.clamp_min(1e-12).log()).sum() / math.log(max(len(share), 2)))
+            max_shares.append(share.max())
+        values = torch.stack([torch.stack(aux).mean(), *entropies, *max_shares]).cpu().tolist()
+        k = len(names)
+        entropy, share = values[1:1 + k], values[1 + k:]
+        stats = {"router/aux_loss": values[0], "router/entropy_mean": sum(entropy) / k,
+                 "router/entropy_min": min(entropy), "router/max_share": max(share)}
+        if per_module:
+            for name, e, m in zip(names, entropy, share):
+                stats[f"router/{name}/entropy"] = e
+                stats[f"router/{name}/max_share"] = m
         return stats
 
     def set_gradient_accumulation_steps(self, steps: int) -> None:
