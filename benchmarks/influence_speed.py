@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import time
 
 import torch
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--kronfluence", action="store_true", help="also time kronfluence identity/ekfac (if installed)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--layers", type=int, default=6, help="blocks of the small Llama")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (medians are reported)")
     parser.add_argument("--fitted", action="store_true", help="score an adapter with non-zero B (as after fitting)")
     parser.add_argument("--estimator", default="datainf")
     parser.add_argument("--target", default="lora", choices=["lora", "full"])
@@ -178,23 +180,26 @@ def main() -> None:
                             target=args.target, projection_dim=args.projection_dim)
     time_floor(model, train[:2], 2, args.device)
 
-    floor = time_floor(model, train + val, args.batch_size, args.device)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    sync(args.device)
-    start = time.perf_counter()
     options = dict(estimator=args.estimator, target=args.target, projection_dim=args.projection_dim, repeats=1)
-    scores = compute_layer_influence(model, train, val, batch_size=args.batch_size, progress=False, bootstrap_samples=0,
-                                     gradient_memory_gb=64.0, **options)
-    sync(args.device)
-    ours = time.perf_counter() - start
+    floors, times = [], []
+    for _ in range(args.repeats):  # alternate floor and ours, so that drifts of the machine hit both alike
+        floors.append(time_floor(model, train + val, args.batch_size, args.device))
+        sync(args.device)
+        start = time.perf_counter()
+        scores = compute_layer_influence(model, train, val, batch_size=args.batch_size, progress=False,
+                                         bootstrap_samples=0, gradient_memory_gb=64.0, **options)
+        sync(args.device)
+        times.append(time.perf_counter() - start)
+    floor, ours = statistics.median(floors), statistics.median(times)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     loop = None if args.skip_loop else time_per_sample_loop(model, train, val, args.device)
     kron = time_kronfluence(model, train, val, args.batch_size, args.device) if args.kronfluence else {}
     figures = {
         "preset": args.preset, "device": args.device, "estimator": args.estimator, "target": args.target,
         "projection_dim": args.projection_dim, "fitted": args.fitted, "dtype": str(dtype), "n": args.n, "m": args.m, "seq": args.seq,
-        "batch_size": args.batch_size, "num_blocks": scores.num_blocks,
+        "batch_size": args.batch_size, "num_blocks": scores.num_blocks, "repeats": args.repeats,
         "compute_layer_influence_s": round(ours, 3), "floor_forward_backward_s": round(floor, 3),
         "ratio_to_floor": round(ours / floor, 3),
         "per_sample_loop_s": None if loop is None else round(loop, 3),
@@ -219,7 +224,7 @@ def sweep(args) -> None:
     import tempfile
 
     rows = []
-    passthrough = ["--m", str(args.m), "--seq", str(args.seq), "--batch_size", str(args.batch_size), "--layers",
+    passthrough = ["--repeats", str(args.repeats), "--m", str(args.m), "--seq", str(args.seq), "--batch_size", str(args.batch_size), "--layers",
                    str(args.layers), "--estimator", args.estimator, "--target", args.target, "--skip_loop",
                    "--device", args.device, "--preset", args.preset]
     if args.projection_dim:

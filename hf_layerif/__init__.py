@@ -62,7 +62,7 @@ def _register_peft_type() -> None:
     import sys
 
     if "peft" in sys.modules and getattr(sys.modules["peft"], "__spec__", None) is not None:
-        from .tuners.peft_type import register
+        from .tuners import register  # importing the tuner package registers the type
 
         register()
     else:

@@ -24,7 +24,7 @@ class _RegisteringLoader(importlib.abc.Loader):
         self._loader.exec_module(module)
         _remove_finder()
         try:
-            from .tuners.peft_type import register
+            from .tuners import register  # importing the tuner package registers the type
 
             register()
         except Exception as err:  # never break peft's own import

@@ -50,7 +50,8 @@ def _ids(B=3, T=6, seed=0):
 def test_peft_type_registered_as_enum_member():
     assert PeftType.LAYERIF.value == "LAYERIF" and PeftType("LAYERIF") is PeftType.LAYERIF
     assert isinstance(PeftType.LAYERIF, PeftType) and "LAYERIF" in [m.value for m in PeftType]
-    from hf_layerif.tuners.peft_type import ensure_peft_type, register
+    from hf_layerif.tuners import register
+    from hf_layerif.tuners.peft_type import ensure_peft_type
 
     register()  # idempotent
     assert ensure_peft_type() is PeftType.LAYERIF

@@ -394,3 +394,23 @@ def test_package_logging_follows_transformers_verbosity(capsys):
         hf_logging.set_verbosity(before)
     err = capsys.readouterr().err
     assert "loud message" in err and "quiet message" not in err
+
+
+def test_owl_allocation_records_the_threshold_it_used():
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    pruner = LayerIFPruner(tiny_llama(layers=3))
+    pruner.prune(PruningConfig(method="wanda", sparsity=0.5, allocation="owl", owl_m=3.0),
+                 torch.randint(3, 50, (4, 12), generator=torch.Generator().manual_seed(0)), progress=False)
+    assert pruner.allocation.hyperparameters["owl_m"] == 3.0
+
+
+def test_estimators_come_from_one_registry():
+    from hf_layerif.influence.arguments import InfluenceArguments
+    from hf_layerif.influence.estimators import ESTIMATORS, get_estimator
+
+    assert set(ESTIMATORS) == {"datainf", "exact", "lissa", "tracin"}
+    assert {n for n, cls in ESTIMATORS.items() if cls.streaming} == {"datainf", "tracin"}
+    assert get_estimator(InfluenceArguments(estimator="lissa", lissa_depth=7)).depth == 7
+    with pytest.raises(ValueError, match=r"choose one of \("):
+        InfluenceArguments(estimator="ekfac")

@@ -23,7 +23,8 @@ from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
 from ..utils.io import read_versioned_json, save_figure, write_json
 from ..version import __version__
-from .experts import allocate_experts
+from .experts import ALPHALORA_EXPONENT, allocate_experts
+from .owl import OWL_LAMBDA, OWL_M
 from .sparsity import allocate_sparsity
 
 ALLOCATION_FILE = "layerif_allocation.json"
@@ -258,13 +259,14 @@ def expert_allocation(scores=None, total_experts: int | None = None, *, model: n
     hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts, "alpha": alpha,
              "direction": "reversed" if reverse else "more experts for larger scores"}
     if method == "alphalora":
-        hyper["alpha"] = 2.5
+        hyper["alpha"] = ALPHALORA_EXPONENT
     return Allocation("experts", [int(v) for v in values], method, hyper, description, used, provenance)
 
 
 def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.Module | None = None,
                         epsilon: float = 0.3, smooth: bool | None = None, method: str = "layerif", alpha_hill=None,
-                        outlier_ratios=None, owl_lambda: float = 0.08, reverse: bool = False) -> Allocation:
+                        outlier_ratios=None, owl_lambda: float = OWL_LAMBDA, owl_m: float = OWL_M,
+                        reverse: bool = False) -> Allocation:
     """A sparsity :class:`Allocation`; reports the achieved parameter-weighted global sparsity.
 
     The model it fits comes from ``model`` or, when ``scores`` is a ``LayerInfluenceScores``, from its provenance.
@@ -281,7 +283,7 @@ def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.
              "direction": "reversed" if reverse else "more sparsity for larger scores",
              "smooth": (method == "layerif") if smooth is None else smooth}
     if method == "owl":
-        hyper.update({"owl_lambda": owl_lambda, "owl_m": 5.0})
+        hyper.update({"owl_lambda": owl_lambda, "owl_m": owl_m})  # M: the threshold the outlier ratios used
     return Allocation("sparsity", values, method, hyper, description, used, provenance, achieved_sparsity=achieved)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .owl import OWL_LAMBDA
 from .validation import as_score_vector
 
 MAX_RATIO = 0.99
@@ -73,7 +74,7 @@ def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_
 
 def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float = 0.3, smooth: bool | None = None,
                       params_per_block=None, method: str = "layerif", num_blocks: int | None = None,
-                      alpha_hill=None, outlier_ratios=None, owl_lambda: float = 0.08, reverse: bool = False) -> list[float]:
+                      alpha_hill=None, outlier_ratios=None, owl_lambda: float = OWL_LAMBDA, reverse: bool = False) -> list[float]:
     """Sparsity ratio per block whose parameter-weighted mean equals ``target_sparsity`` (to 1e-6 or better).
 
     Args:

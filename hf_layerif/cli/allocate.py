@@ -6,6 +6,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from ..allocation.owl import OWL_LAMBDA, OWL_M
+
 KINDS = ("experts", "sparsity")
 
 
@@ -41,7 +43,8 @@ class SparsityAllocationArguments(AllocateArguments):
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width ε: ratios span [S(1-ε), S(1+ε)] before rescaling."})
     no_smooth: bool = field(default=False, metadata={"help": "No Savitzky-Golay smoothing of LayerIF scores."})
     baseline: str | None = field(default=None, metadata={"help": "uniform, owl or alphapruning."})
-    owl_lambda: float = field(default=0.08, metadata={"help": "owl: spread λ."})
+    owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": "owl: spread λ."})
+    owl_m: float = field(default=OWL_M, metadata={"help": "owl: outlier threshold M (times the block's mean score)."})
     calibration: str = field(default="c4", metadata={"help": "owl: calibration data: c4 (Hub), a local json/jsonl/txt file "
                                                               "(txt: paragraphs separated by blank lines) or a Hub id."})
     nsamples: int = field(default=128, metadata={"help": "owl: calibration sequences."})
@@ -122,7 +125,8 @@ def allocate(kind: str, args: AllocateArguments) -> int:
 
             seqlen = check_sequence_length(args.seqlen, model, "--seqlen")
             ids = get_calibration_data(tokenizer, args.calibration, args.nsamples, seqlen, args.seed)
-            extra["outlier_ratios"] = layerwise_outlier_distribution(model, ids)
+            extra["outlier_ratios"] = layerwise_outlier_distribution(model, ids, m=args.owl_m)
+            extra["owl_m"] = args.owl_m
         chosen = sparsity_allocation(scores, args.sparsity, model=model, epsilon=args.epsilon,
                                      smooth=False if args.no_smooth else None, method=method,
                                      owl_lambda=args.owl_lambda, reverse=args.reverse, **extra)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
@@ -83,14 +84,13 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
     if kind == "pruned":
         if isinstance(model, (str, os.PathLike)):
             shutil.copytree(model, local, dirs_exist_ok=True)
-            from ..pruning.config import PruningConfig
-            from ..utils.io import read_json
-
-            config = PruningConfig.from_pretrained(local)
-            report = read_json(local / "pruning_report.json")
         else:
             model.save_files(local)
-            config, report = model.config, model.report.to_dict()
+        # read back what was saved (JSON): the hub needs no pruning class, only the files' fields
+        from ..utils.io import read_json
+
+        config = SimpleNamespace(**read_json(local / "pruning_config.json"))
+        report = read_json(local / "pruning_report.json")
         info.update(method=config.method, structure=config.structure, sparsity=config.sparsity,
                     achieved=report["global"]["achieved"],
                     calibration_text=f"{report.get('calibration', {}).get('nsamples')} sequences × "

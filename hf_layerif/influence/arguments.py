@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ESTIMATORS = ("datainf", "exact", "lissa", "tracin")
 TARGETS = ("lora", "full")
 GRANULARITIES = ("block", "tensor")
 GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -60,7 +59,8 @@ class InfluenceArguments:
         adapter_name: the PEFT adapter to track for ``target="lora"``.
     """
 
-    estimator: str = field(default="datainf", metadata={"help": f"One of {ESTIMATORS}."})
+    estimator: str = field(default="datainf", metadata={"help": "Registered estimator: datainf, exact, lissa, tracin "
+                                                               "(hf_layerif.influence.estimators.ESTIMATORS)."})
     target: str = field(default="lora", metadata={"help": f"One of {TARGETS}."})
     granularity: str = field(default="block", metadata={"help": f"One of {GRANULARITIES}."})
     damping: float | None = field(default=None, metadata={"help": "Absolute damping λ (overrides damping_factor)."})
@@ -92,12 +92,13 @@ class InfluenceArguments:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the fix for any inconsistent setting (cheap; runs before any work)."""
+        from .estimators import ESTIMATORS
         from .scores import AGGREGATIONS
 
-        def check(name: str, allowed: tuple) -> None:
+        def check(name: str, allowed) -> None:
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not supported; choose one of {allowed}.")
+                raise ValueError(f"{name}={value!r} is not supported; choose one of {tuple(allowed)}.")
 
         check("estimator", ESTIMATORS)
         check("target", TARGETS)

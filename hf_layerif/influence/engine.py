@@ -33,12 +33,9 @@ from ..utils.io import read_json, read_safetensors, write_json, write_safetensor
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
 from .capture import KroneckerProjector, PerSampleGradientCapture
-from .estimators import estimate_influence
+from .estimators import ESTIMATORS, estimate_influence
 from .gram import GramAccumulator, GroupLayout
 from .streaming import StreamingStatistics
-
-# estimators computed in O(n·d) from streamed statistics; the others need the n×n Gram matrix
-STREAMING_ESTIMATORS = ("datainf", "tracin")
 
 logger = get_logger(__name__)
 
@@ -119,7 +116,7 @@ class InfluenceEngine:
     @property
     def streaming(self) -> bool:
         """Whether the estimator runs in O(n·d) from streamed statistics (no n×n Gram matrix)."""
-        return self.args.estimator in STREAMING_ESTIMATORS
+        return ESTIMATORS[self.args.estimator].streaming
 
     def memory_plan(self, num_train: int) -> dict[str, float]:
         """Bytes of every buffer of the run for the chosen estimator, planned before any work.

@@ -15,10 +15,23 @@ Sign (Koh & Liang): I(z_i) = −vᵀ H⁻¹ g_i. Negative = up-weighting z_i low
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 import torch
 
-from .arguments import InfluenceArguments
+
+class InfluenceArguments(Protocol):
+    """What estimators read from :class:`hf_layerif.influence.arguments.InfluenceArguments` (which validates its
+    ``estimator`` against :data:`ESTIMATORS`, so this module does not import it)."""
+
+    estimator: str
+    damping: float | None
+    damping_factor: float
+    lissa_depth: int
+    lissa_scale: float | None
+    lissa_batch_size: int | None
+    lissa_repeats: int
+    seed: int
 
 
 def damping_from_gram(K_diag: torch.Tensor, dims: torch.Tensor, factor: float = 0.1, absolute: float | None = None) -> torch.Tensor:
@@ -37,11 +50,33 @@ def damping_from_gram(K_diag: torch.Tensor, dims: torch.Tensor, factor: float = 
     return lam.clamp_min(torch.finfo(torch.float64).tiny)
 
 
+ESTIMATORS: dict[str, type[InfluenceEstimator]] = {}
+
+
+def register_estimator(cls: type[InfluenceEstimator]) -> type[InfluenceEstimator]:
+    """Class decorator: make ``cls`` available by its ``name`` (in ``InfluenceArguments.estimator``, the CLI's
+    ``--estimator`` and :func:`get_estimator`). A new estimator is one class in one file."""
+    if not cls.name or cls.name in ESTIMATORS:
+        raise ValueError(f"estimator name {cls.name!r} is empty or taken")
+    ESTIMATORS[cls.name] = cls
+    return cls
+
+
 class InfluenceEstimator(ABC):
-    """Base class: ``estimator(a, K, damping) -> influence`` with the shapes of the module docstring."""
+    """Base class: ``estimator(a, K, damping) -> influence`` with the shapes of the module docstring.
+
+    ``streaming`` estimators also run in O(n·d) from streamed statistics (``influence/streaming.py``) and never
+    need K; the engine takes that route for them.
+    """
 
     name: str = ""
     uses_damping: bool = True
+    streaming: bool = False
+
+    @classmethod
+    def from_arguments(cls, args: InfluenceArguments) -> InfluenceEstimator:
+        """The estimator configured by :class:`InfluenceArguments` (override to read its own options)."""
+        return cls()
 
     @abstractmethod
     def __call__(self, a: torch.Tensor, K: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
@@ -51,16 +86,19 @@ class InfluenceEstimator(ABC):
         return {}
 
 
+@register_estimator
 class TracInEstimator(InfluenceEstimator):
     """H = I: I(z_i) = −g_iᵀ v = −a_i (the paper's Hessian-free comparison, Table 3)."""
 
     name = "tracin"
     uses_damping = False
+    streaming = True
 
     def __call__(self, a, K, damping):
         return -a.to(torch.float64)
 
 
+@register_estimator
 class DataInfEstimator(InfluenceEstimator):
     """DataInf (Kwon et al., 2024): the closed-form Sherman–Morrison average.
 
@@ -69,6 +107,7 @@ class DataInfEstimator(InfluenceEstimator):
     """
 
     name = "datainf"
+    streaming = True
 
     def __call__(self, a, K, damping):
         a = a.to(torch.float64)
@@ -80,6 +119,7 @@ class DataInfEstimator(InfluenceEstimator):
         return -(a - Kc / n) / lam
 
 
+@register_estimator
 class ExactEstimator(InfluenceEstimator):
     """Exact damped empirical-Fisher inverse, H = (1/n) GᵀG + λI, through the n×n Gram matrix (Woodbury):
 
@@ -102,6 +142,7 @@ class ExactEstimator(InfluenceEstimator):
         return -n * solution
 
 
+@register_estimator
 class LiSSAEstimator(InfluenceEstimator):
     """LiSSA (Agarwal et al., 2017) on the damped matrix H + λI, correctly signed and scaled.
 
@@ -115,6 +156,10 @@ class LiSSAEstimator(InfluenceEstimator):
     """
 
     name = "lissa"
+
+    @classmethod
+    def from_arguments(cls, args: InfluenceArguments) -> LiSSAEstimator:
+        return cls(args.lissa_depth, args.lissa_scale, args.lissa_batch_size, args.lissa_repeats, args.seed)
 
     def __init__(self, depth: int = 1000, scale: float | None = None, batch_size: int | None = None, repeats: int = 1, seed: int = 0):
         self.depth = depth
@@ -183,16 +228,13 @@ class LiSSAEstimator(InfluenceEstimator):
 
 
 def get_estimator(name_or_args: str | InfluenceArguments, **kwargs) -> InfluenceEstimator:
-    """Build an estimator from its name (extra keyword arguments go to its constructor) or from arguments."""
-    if isinstance(name_or_args, InfluenceArguments):
-        args = name_or_args
-        if args.estimator == "lissa":
-            return LiSSAEstimator(args.lissa_depth, args.lissa_scale, args.lissa_batch_size, args.lissa_repeats, args.seed)
-        return get_estimator(args.estimator)
-    registry = {"tracin": TracInEstimator, "datainf": DataInfEstimator, "exact": ExactEstimator, "lissa": LiSSAEstimator}
-    if name_or_args not in registry:
-        raise ValueError(f"Unknown estimator {name_or_args!r}; choose one of {sorted(registry)}.")
-    return registry[name_or_args](**kwargs)
+    """Build an estimator from its registered name (extra keyword arguments go to its constructor) or from
+    :class:`InfluenceArguments`."""
+    if not isinstance(name_or_args, str):  # InfluenceArguments
+        return ESTIMATORS[name_or_args.estimator].from_arguments(name_or_args)
+    if name_or_args not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator {name_or_args!r}; choose one of {sorted(ESTIMATORS)}.")
+    return ESTIMATORS[name_or_args](**kwargs)
 
 
 def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, args: InfluenceArguments,
@@ -221,6 +263,6 @@ def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, arg
 
 
 __all__ = [
-    "InfluenceEstimator", "TracInEstimator", "DataInfEstimator", "ExactEstimator", "LiSSAEstimator",
+    "ESTIMATORS", "register_estimator", "InfluenceEstimator", "TracInEstimator", "DataInfEstimator", "ExactEstimator", "LiSSAEstimator",
     "get_estimator", "damping_from_gram", "estimate_influence",
 ]

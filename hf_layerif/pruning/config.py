@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..allocation.owl import OWL_LAMBDA, OWL_M
 from ..utils.io import read_json, write_json
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -54,8 +55,8 @@ class PruningConfig:
     activation_dtype: str | None = field(default=None, metadata={"help": "dtype of stored block inputs (e.g. bfloat16)."})
     blocksize: int = field(default=128, metadata={"help": "SparseGPT column block size."})
     percdamp: float = field(default=0.01, metadata={"help": "SparseGPT dampening (fraction of mean diag H)."})
-    owl_lambda: float = field(default=0.08, metadata={"help": "OWL spread lambda."})
-    owl_m: float = field(default=5.0, metadata={"help": "OWL outlier threshold M."})
+    owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": "OWL spread lambda."})
+    owl_m: float = field(default=OWL_M, metadata={"help": "OWL outlier threshold M."})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -123,7 +123,7 @@ class LayerIFPruner:
             lod = layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
                                                  progress=progress, **self._runner_kwargs(config))
             self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method="owl",
-                                                  outlier_ratios=lod, owl_lambda=config.owl_lambda)
+                                                  outlier_ratios=lod, owl_lambda=config.owl_lambda, owl_m=config.owl_m)
             return list(self.allocation.values)
         raise ValueError(f"unsupported allocation {allocation!r}: use None, 'uniform', 'owl', 'alphapruning', an "
                          "Allocation, LayerInfluenceScores or a folder with layerif_allocation.json.")

@@ -15,7 +15,7 @@ def load_model(base_model, adapter_path_or_repo: str | os.PathLike, adapter_name
     """
     from peft import PeftConfig, PeftModel
 
-    from .peft_type import register
+    from . import register
 
     register()
     if isinstance(base_model, (str, os.PathLike)):

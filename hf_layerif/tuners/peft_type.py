@@ -3,8 +3,9 @@
 PEFT 0.21's ``register_peft_method`` only accepts names that are members of ``PeftType``, a ``str`` enum with no
 extension API, and a plain string in place of a member breaks ``.value`` calls inside peft and transformers.
 So a real member is created here (a ``str`` instance of ``PeftType`` with ``_name_`` / ``_value_``) and inserted
-into the enum's member tables, exactly as the enum machinery would have; then the public registration runs.
-Idempotent. If PEFT's internals change, a clear error says which version this was written for.
+into the enum's member tables, exactly as the enum machinery would have. The public registration of the config
+and model classes runs in ``hf_layerif.tuners`` (its ``__init__``, as PEFT registers its own tuners), so this
+module imports nothing of the tuner. Idempotent. If PEFT's internals change, a clear error says which version this was written for.
 """
 
 from __future__ import annotations
@@ -45,17 +46,3 @@ def ensure_peft_type():
             "hf-layerif could not add LAYERIF to peft.utils.peft_types.PeftType (written for peft 0.21 on Python "
             f"3.10-3.13): {err}. Install a supported peft version (pip install 'peft>=0.21,<0.22')."
         ) from err
-
-
-def register() -> None:
-    """Register ``LayerIFConfig`` / ``LayerIFModel`` with PEFT (idempotent)."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-    from peft.utils import register_peft_method
-
-    peft_type = ensure_peft_type()
-    if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
-        return
-    from .config import LayerIFConfig
-    from .model import LayerIFModel
-
-    register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=LayerIFConfig, model_cls=LayerIFModel, prefix=PREFIX)
