@@ -16,6 +16,7 @@ def demo_cache():
     return Path(os.environ["HF_LAYERIF_CACHE"])  # set for the whole test session in conftest.py
 
 
+@pytest.mark.slow
 def test_score_runs_embedded_demo(tmp_path, demo_cache, capsys):
     out = tmp_path / "scores"
     code = main(["score", "--output", str(out), "--demo_train_samples", "24", "--demo_validation_samples", "8",
@@ -54,6 +55,7 @@ def test_cli_rejects_bad_options():
     assert main(["nonsense"]) == 2
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--train_samples", "24", "--validation_samples", "8",

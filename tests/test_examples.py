@@ -64,6 +64,7 @@ def test_sparsity_allocation_example(tmp_path):
     assert all(abs(r["achieved"] - 0.5) < 1e-3 and "arc_easy" in r for r in rows)
 
 
+@pytest.mark.slow
 def test_cpu_stories260k_example(tmp_path):
     require_shared()
     import cpu_stories260k

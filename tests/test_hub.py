@@ -24,6 +24,7 @@ def hub():
     failing.shutdown()
 
 
+@pytest.mark.slow
 def test_push_and_load_allocation_pruned_model_and_adapter(tmp_path, hub):
     require_shared()
     state, url, failing_url = hub

@@ -5,9 +5,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_contains_templates_and_schema(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
                              "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
@@ -23,6 +26,7 @@ def test_wheel_contains_templates_and_schema(tmp_path):
     assert "hf-layerif = hf_layerif.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+@pytest.mark.slow
 def test_installed_wheel_renders_cards_outside_the_checkout(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
                              "-w", str(tmp_path / "dist"), "-q"], capture_output=True, text=True, timeout=300)
