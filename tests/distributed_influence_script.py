@@ -15,12 +15,29 @@ from hf_layerif import compute_layer_influence  # noqa: E402
 
 
 def main(output: str) -> None:
+    from hf_layerif.influence.streaming import StreamingStatistics
+
+    stored_rows = []
+    original_store = StreamingStatistics.store
+
+    def counting_store(self, grads, indices):
+        stored_rows.extend(indices.tolist())
+        return original_store(self, grads, indices)
+
+    StreamingStatistics.store = counting_store
     accelerator = Accelerator(cpu=True)
     model = with_lora(tiny_llama(torch.float64), randomize_b=True)
     train, val = random_samples(11, seed=21, prompt_mask=True), random_samples(5, seed=22)
     scores = compute_layer_influence(model, train, val, batch_size=2, accelerator=accelerator, progress=False,
                                      bootstrap_samples=0, output_dir=output, checkpoint_every=2)
     assert scores.num_train == 11, scores.num_train
+    # DataInf keeps each sample's gradient on exactly one process
+    from accelerate.utils import gather_object
+
+    everyone = gather_object(stored_rows)
+    assert sorted(everyone) == list(range(11)), everyone
+    assert len(stored_rows) < 11, stored_rows
+    StreamingStatistics.store = original_store
     if accelerator.is_main_process:
         print(f"processes={accelerator.num_processes}")
 

@@ -1,15 +1,19 @@
-"""The influence run: one validation pass for v_l, one training pass for the Gram statistics, estimators.
+"""The influence run: one validation pass for v_l, one training pass for the statistics, the estimator.
 
 :class:`InfluenceEngine` works on any iterables of collated batches, so the same code serves
 :func:`hf_layerif.compute_layer_influence` (its own sequential loaders) and
-:class:`hf_layerif.LayerInfluenceTrainer` (the Trainer's prepared, per-process sharded loaders). With an
-``accelerate.Accelerator``, per-sample gradients of each step are gathered from all processes in dataset order
-(``gather_for_metrics``), so every process holds the same Gram statistics and the scores equal a
-one-process run.
+:class:`hf_layerif.LayerInfluenceTrainer` (the Trainer's prepared, per-process sharded loaders).
 
-Memory, per block l with d_l tracked parameters (or projected dimensions), n training samples, G groups:
-one batch of per-sample gradients (batch_size × Σ_l d_l), the gradient window (≤ ``gradient_memory_gb`` on the
-compute device; the rest spills to disk), and K on the CPU (G × n² values).
+Two routes (METHOD §2.1): DataInf and TracIn stream a = G v and ‖g‖² in O(n·d) (``streaming.py``); the other
+estimators accumulate K = G Gᵀ (``gram.py``). With an ``accelerate.Accelerator`` of P processes, the streaming
+route keeps on each process only its own samples' gradients (the per-sample statistics are gathered in dataset
+order, w and G w are summed over the processes); the Gram route gathers every gradient and splits the K blocks
+P ways. Either way the scores equal a one-process run.
+
+Memory, per block l with d_l tracked parameters (or projected dimensions), n training samples, G groups: one
+batch of per-sample gradients (batch_size × Σ_l d_l), the stored gradients (DataInf: n/P × Σ_l d_l; ≤
+``gradient_memory_gb`` on the compute device, the rest spills to disk; TracIn: none), a and ‖g‖² (2 × G × n),
+and for the Gram route K on the CPU (G × n² values). :meth:`InfluenceEngine.memory_plan` states each.
 """
 
 from __future__ import annotations
@@ -136,6 +140,8 @@ class InfluenceEngine:
         procs = 1 if self.accelerator is None else self.accelerator.num_processes
         groups = self.layout.num_groups
         stored = num_train * total_dim * store if self.args.estimator != "tracin" else 0.0
+        if self.streaming and procs > 1:
+            stored /= procs  # each process keeps only its own samples' gradients
         budget = self.args.gradient_memory_gb * 2**30
         plan = {"batch_gradients": self.args.batch_size * procs * total_dim * compute,
                 "stored_gradients": stored, "statistics": 2 * groups * num_train * compute}
@@ -189,7 +195,7 @@ class InfluenceEngine:
         device = _input_device(self.model) if self.accelerator is None else self.accelerator.device
         return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
-    def _batch_grads(self, batch: dict, offset: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _batch_grads(self, batch: dict, offset: int, gather: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
         ids = batch.get("input_ids")
         if self.max_positions is not None and ids is not None and ids.shape[-1] > self.max_positions:
             raise ValueError(f"a batch at sample {offset} has {ids.shape[-1]} tokens, more than the model's context of "
@@ -205,11 +211,31 @@ class InfluenceEngine:
             grads, losses = self.capture.compute(self._to_device(batch))
         device = grads[0].device
         grads = [g.to(device) for g in grads]
+        if not gather:
+            return grads, losses.to(device)
         grads, losses = self._gather((grads, losses.to(device)))
-        # one fused flag per sample, checked once at the end of the pass (no host sync per batch)
-        # (a row sum is non-finite iff the row holds NaN/inf, barring float overflow: one read of the gradients)
-        self._finite_flags.append(torch.isfinite(torch.stack([g.sum(dim=1) for g in grads]).sum(0)))
+        self._finite_flags.append(_finite_rows(grads))
         return grads, losses
+
+    def _sharded_batch(self, batch: dict, acc: StreamingStatistics) -> torch.Tensor:
+        """One training step of a multi-process streaming run: this process keeps only its own samples' gradients;
+        the per-sample statistics (a, ‖g‖², loss, finite flag) are gathered from every process in dataset order.
+        Returns the step's gathered losses."""
+        start = acc.rows_done
+        grads, losses = self._batch_grads(batch, start, gather=False)
+        stats = acc.local_statistics(grads)
+        local = grads[0].shape[0]
+        sizes = self.accelerator.gather(torch.tensor([local], device=stats.device))
+        gathered_stats, gathered_losses, flags = self._gather((stats, losses, _finite_rows(grads)))
+        # row j of process p is sample start + (sizes of processes < p) + j; rows past the gathered count are the
+        # duplicates that even batches add at the end of the data, dropped here as gather_for_metrics drops them
+        first = start + int(sizes[: self.accelerator.process_index].sum())
+        indices = torch.arange(first, first + local, device=stats.device)
+        keep = indices < start + gathered_stats.shape[0]
+        acc.add_statistics(gathered_stats)
+        acc.store([g[keep] for g in grads], indices[keep])
+        self._finite_flags.append(flags)
+        return gathered_losses
 
     def _check_finite(self, what: str) -> None:
         """Raise for samples whose per-sample gradients held NaN/inf in the pass that just ended."""
@@ -261,6 +287,10 @@ class InfluenceEngine:
         else:
             shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
             acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard)
+        sharded = (isinstance(acc, StreamingStatistics) and self.accelerator is not None
+                   and self.accelerator.num_processes > 1)
+        if sharded:  # each process keeps only its own samples' gradients; w and G w are summed over processes
+            acc.reduce = lambda t: self.accelerator.reduce(t, reduction="sum")
         losses = torch.zeros(num_samples, dtype=torch.float64)
         steps_done = 0
         if spill_dir is not None and resume_key is not None:
@@ -276,8 +306,11 @@ class InfluenceEngine:
                 if step < steps_done:
                     continue
                 start = acc.rows_done
-                grads, batch_losses = self._batch_grads(batch, start)
-                acc.add(grads)
+                if sharded:
+                    batch_losses = self._sharded_batch(batch, acc)
+                else:
+                    grads, batch_losses = self._batch_grads(batch, start)
+                    acc.add(grads)
                 batch_losses_list.append((start, batch_losses.detach()))
                 steps_done = step + 1
                 if resume_key is not None and every and steps_done % every == 0 and acc.rows_done < num_samples:
@@ -404,6 +437,12 @@ def lora_is_fresh(tracked) -> bool:
     return all(
         not bool(m.module.weight.detach().any()) for modules in tracked for m in modules if ".lora_B." in m.name
     )
+
+
+def _finite_rows(grads: list[torch.Tensor]) -> torch.Tensor:
+    """[c] bool: whether each sample's gradients are all finite. A row sum is non-finite iff the row holds
+    NaN/inf (barring float overflow), so this reads the gradients once and never syncs with the host."""
+    return torch.isfinite(torch.stack([g.sum(dim=1) for g in grads]).sum(0))
 
 
 def _place_losses(losses: torch.Tensor, pending: list[tuple[int, torch.Tensor]]) -> torch.Tensor:

@@ -20,6 +20,7 @@ of gradients (≤ ``memory_budget_bytes``), and w (Σ d values).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,10 +64,12 @@ class StreamingStatistics:
         self.norms = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
         self.rows_done = 0
         self.window: list[list[torch.Tensor]] = []  # chunks of the in-memory window, [c, d_l] per block
-        self.window_starts: list[int] = []
+        self.window_indices: list[torch.Tensor] = []  # the chunks' sample indices in the dataset, [c] each
         self.window_start = 0
         self.window_bytes = 0
         self.spilled: list[dict] = []  # {"file", "start", "rows"}
+        # a multi-process run sums w and G w over the processes, each holding only its own samples' gradients
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # --- first pass -----------------------------------------------------------------------------------
     def _group_columns(self):
@@ -76,26 +79,45 @@ class StreamingStatistics:
                 yield g, l, bounds[j], bounds[j + 1]
                 g += 1
 
-    def add(self, grads: list[torch.Tensor]) -> None:
-        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order (no host sync)."""
-        c = grads[0].shape[0]
+    def local_statistics(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """[c, 2 × groups]: a = g · v and ‖g‖² of each group for each row of a chunk (no host sync)."""
+        compute = [g.to(self.compute_dtype) for g in grads]
+        columns = []
+        for _, l, lo, hi in self._group_columns():
+            block = compute[l][:, lo:hi]
+            columns.append(block @ self.v[l][lo:hi].to(block.device, self.compute_dtype))
+        for _, l, lo, hi in self._group_columns():
+            columns.append(compute[l][:, lo:hi].pow(2).sum(1))
+        return torch.stack(columns, dim=1)
+
+    def add_statistics(self, stats: torch.Tensor) -> int:
+        """Record the [c, 2 × groups] statistics of the next c samples (dataset order); returns their first index."""
+        c = stats.shape[0]
         if self.rows_done + c > self.n:
             raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
         start = self.rows_done
-        compute = [g.to(self.compute_dtype) for g in grads]
-        for g, l, lo, hi in self._group_columns():
-            block = compute[l][:, lo:hi]
-            v = self.v[l][lo:hi].to(block.device, self.compute_dtype)
-            self.a[g, start:start + c] = (block @ v).to(self.a.device)
-            self.norms[g, start:start + c] = block.pow(2).sum(1).to(self.norms.device)
+        groups = self.layout.num_groups
+        self.a[:, start:start + c] = stats[:, :groups].T.to(self.a.device, self.compute_dtype)
+        self.norms[:, start:start + c] = stats[:, groups:].T.to(self.norms.device, self.compute_dtype)
         self.rows_done += c
-        if not self.keep_gradients:
+        return start
+
+    def add(self, grads: list[torch.Tensor]) -> None:
+        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order (no host sync)."""
+        start = self.add_statistics(self.local_statistics(grads))
+        if self.keep_gradients:
+            c = grads[0].shape[0]
+            self.store(grads, torch.arange(start, start + c, device=self.a.device))
+
+    def store(self, grads: list[torch.Tensor], indices: torch.Tensor) -> None:
+        """Keep gradient rows (one [c, d_l] tensor per block) of the samples ``indices`` [c] for the later reads."""
+        if not self.keep_gradients or grads[0].shape[0] == 0:
             return
         stored = [g.detach().to(self.store_dtype) for g in grads]
         if not self.window:
-            self.window_start = start
+            self.window_start = self.rows_done
         self.window.append(stored)
-        self.window_starts.append(start)
+        self.window_indices.append(indices.to(self.a.device, torch.long))
         self.window_bytes += sum(t.numel() * t.element_size() for t in stored)
         if self.window_bytes >= self.budget and self.rows_done < self.n:
             if self.spill_dir is None:
@@ -111,19 +133,20 @@ class StreamingStatistics:
         if not self.window:
             return
         merged = [torch.cat([chunk[l] for chunk in self.window]) for l in range(len(self.layout.bounds))]
+        indices = torch.cat(self.window_indices)
         name = f"gradients_{self.window_start:09d}.safetensors"
-        write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
+        write_safetensors(self.spill_dir / name, {"indices": indices, **{f"block_{l}": t for l, t in enumerate(merged)}})
         self.spilled.append({"file": name, "start": self.window_start, "rows": merged[0].shape[0]})
-        self.window, self.window_starts, self.window_bytes = [], [], 0
+        self.window, self.window_indices, self.window_bytes = [], [], 0
 
     # --- later reads ----------------------------------------------------------------------------------
     def _windows(self, device):
-        """(start, [rows, d_l] per block) for every stored piece in order: each spilled window (read from disk),
-        then each chunk of the in-memory window (no copy)."""
+        """(sample indices [rows], [rows, d_l] per block) for every stored piece: each spilled window (read from
+        disk), then each chunk of the in-memory window (no copy)."""
         for entry in self.spilled:
             tensors = read_safetensors(self.spill_dir / entry["file"], device=str(device))
-            yield entry["start"], [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
-        yield from zip(self.window_starts, self.window)
+            yield tensors["indices"], [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
+        yield from zip(self.window_indices, self.window)
 
     def damping(self, args) -> torch.Tensor:
         """λ per group by DataInf's rule (or the absolute value), float64 [groups], on the CPU."""
@@ -139,16 +162,18 @@ class StreamingStatistics:
         c = (a / (lam + self.norms.to(torch.float64))).to(self.compute_dtype)
         # products in the compute dtype (no float64 copy of the gradients), sums over pieces in float64
         w = [torch.zeros(hi - lo, dtype=torch.float64, device=device) for _, _, lo, hi in self._group_columns()]
-        for start, blocks in self._windows(device):
-            rows = blocks[0].shape[0]
+        for indices, blocks in self._windows(device):
             for g, l, lo, hi in self._group_columns():
-                w[g] += (c[g, start:start + rows] @ blocks[l][:, lo:hi].to(self.compute_dtype)).to(torch.float64)
+                w[g] += (c[g, indices] @ blocks[l][:, lo:hi].to(self.compute_dtype)).to(torch.float64)
+        if self.reduce is not None:  # each process summed over its own samples
+            w = list(torch.split(self.reduce(torch.cat(w)), [x.numel() for x in w]))
         w = [x.to(self.compute_dtype) for x in w]
         Gw = torch.zeros_like(a)
-        for start, blocks in self._windows(device):
-            rows = blocks[0].shape[0]
+        for indices, blocks in self._windows(device):
             for g, l, lo, hi in self._group_columns():
-                Gw[g, start:start + rows] = (blocks[l][:, lo:hi].to(self.compute_dtype) @ w[g]).to(torch.float64)
+                Gw[g, indices] = (blocks[l][:, lo:hi].to(self.compute_dtype) @ w[g]).to(torch.float64)
+        if self.reduce is not None:  # every sample's row was formed by exactly one process
+            Gw = self.reduce(Gw)
         return (-(a - Gw / self.n) / lam).to("cpu")
 
     def tracin(self) -> torch.Tensor:
