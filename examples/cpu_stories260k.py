@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="default: <data>/models/stories260K")
     parser.add_argument("--output", default="runs/cpu-stories260k")
     parser.add_argument("--score_samples", type=int, default=64)
+    parser.add_argument("--fit_steps", type=int, default=100, help="steps fitting the scoring adapter (0: fresh)")
     parser.add_argument("--finetune_steps", type=int, default=30)
     parser.add_argument("--eval_limit", type=int, default=200)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                             LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
     n = args.score_samples
     scores = compute_layer_influence(scored, paragraphs[:n], paragraphs[1000:1000 + max(4, n // 4)], tokenizer=tokenizer,
-                                     max_length=128, output_dir=out / "scores")
+                                     max_length=128, fit_steps=args.fit_steps, output_dir=out / "scores")
     print(scores.summary_table())
     results["block_scores"] = scores.block_scores().tolist()
 

@@ -31,6 +31,7 @@ class ExpertExampleArguments:
     total_experts: int = field(default=160, metadata={"help": "Total experts."})
     alpha: float = field(default=1.0, metadata={"help": "LayerIF power-transform exponent."})
     influence_train_samples: int = field(default=1024, metadata={"help": "Training samples scored."})
+    fit_steps: int = field(default=100, metadata={"help": "Steps fitting the scoring adapter before scoring (0: fresh)."})
     influence_validation_samples: int = field(default=64, metadata={"help": "Validation samples (held out from train)."})
     r: int = 8
     lora_alpha: int = 16
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         scored = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                                                   target_modules="all-linear"))
         scores = compute_layer_influence(scored, score_train, score_val, tokenizer=tokenizer, batch_size=args.batch_size,
-                                         output_dir=out / "scores")
+                                         fit_steps=args.fit_steps, output_dir=out / "scores")
         print(scores.summary_table())
         model = scored.unload()  # the base model again, without the scoring adapter
         allocation = expert_allocation(scores, args.total_experts, alpha=args.alpha)

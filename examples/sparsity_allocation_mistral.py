@@ -29,6 +29,7 @@ class SparsityExampleArguments:
     score_train: str | None = None
     score_validation: str | None = None
     score_samples: int = 512
+    fit_steps: int = 100  # steps fitting the scoring adapter before scoring (0: score it fresh)
     calibration: str = "c4"
     nsamples: int = 128
     seqlen: int = 2048
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.manual_seed(0)
             scored = get_peft_model(load(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
             scores = compute_layer_influence(scored, train, validation, tokenizer=tokenizer, max_length=512,
-                                             output_dir=out / "scores")
+                                             fit_steps=args.fit_steps, output_dir=out / "scores")
         print(scores.summary_table())
     tasks = {t: (str(Path(args.task_dir) / LOCAL_TASK_FILES[t]) if args.task_dir else None)
              for t in args.tasks.split(",") if t}

@@ -18,7 +18,7 @@ def test_expert_allocation_example(tmp_path):
     result = expert_allocation_mistral.main([
         "--model", str(STORIES260K), "--task", "openbookqa", "--train_file", str(obqa / "train.json"),
         "--test_file", str(obqa / "test.json"), "--output", str(tmp_path), "--total_experts", "10",
-        "--influence_train_samples", "8", "--influence_validation_samples", "4", "--max_steps", "2",
+        "--influence_train_samples", "8", "--influence_validation_samples", "4", "--fit_steps", "3", "--max_steps", "2",
         "--batch_size", "4", "--gradient_accumulation_steps", "1", "--max_length", "96", "--dtype", "float32",
         "--eval_limit", "8"])
     assert sum(result["experts"]) == 10 and result["n"] == 8
@@ -70,7 +70,7 @@ def test_cpu_stories260k_example(tmp_path):
     import cpu_stories260k
 
     results = cpu_stories260k.main(["--data", str(SHARED_DATA), "--output", str(tmp_path), "--score_samples", "8",
-                                    "--finetune_steps", "2", "--eval_limit", "8", "--nsamples", "4", "--seqlen", "64",
+                                    "--fit_steps", "3", "--finetune_steps", "2", "--eval_limit", "8", "--nsamples", "4", "--seqlen", "64",
                                     "--eval_windows", "4"])
     assert len(results["block_scores"]) == 5
     assert set(results["pruning"]) == {"uniform", "owl", "alphapruning", "layerif"}

@@ -142,6 +142,8 @@ def test_cli_prune_with_owl_and_evaluation(tmp_path, capsys):
     assert results["pruning"]["achieved"] == pytest.approx(0.5, abs=1e-6)
     assert math.isfinite(results["wikitext2_ppl"]) and results["zero_shot"]["arc_easy"]["n"] == 20
     assert (tmp_path / "layerif_allocation.json").exists() and (tmp_path / "model.safetensors").exists()
+    card = (tmp_path / "README.md").read_text()
+    assert "model-index" in card and "perplexity" in card and "acc_norm" in card  # prune --eval results on the card
 
 
 def test_modules_reading_one_input_share_one_hessian():

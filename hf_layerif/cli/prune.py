@@ -115,6 +115,13 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
         scored = results["zero_shot"]
         results["zero_shot"]["average"] = {k: sum(m[k] for m in scored.values()) / len(scored) for k in ("acc", "acc_norm")}
         save_results()
+    card_results = {t: m for t, m in results.get("zero_shot", {}).items() if t != "average"}
+    if "wikitext2_ppl" in results:
+        card_results["wikitext2_ppl"] = results["wikitext2_ppl"]
+    if card_results and not args.no_save:  # the card gains a model-index; only README.md and the plot are rewritten
+        from ..hub import write_hub_folder
+
+        write_hub_folder(pruner._allocation_for_card(), args.output, model=args.output, eval_results=card_results)
     if errors:
         for name, message in errors.items():
             print(f"evaluation {name} failed: {message}")

@@ -81,9 +81,11 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
     """Write the allocation, its plot and the model files into ``local``; return card variables."""
     local.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
+    in_place = isinstance(model, (str, os.PathLike)) and Path(model).resolve() == local.resolve()
     if kind == "pruned":
         if isinstance(model, (str, os.PathLike)):
-            shutil.copytree(model, local, dirs_exist_ok=True)
+            if not in_place:  # a folder already written (re-rendering its card in place copies nothing)
+                shutil.copytree(model, local, dirs_exist_ok=True)
         else:
             model.save_files(local)
         # read back what was saved (JSON): the hub needs no pruning class, only the files' fields
@@ -100,7 +102,8 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
                                  for n, b in zip(report["block_names"], report["blocks"])])
     elif kind == "lora_moe":
         if isinstance(model, (str, os.PathLike)):
-            shutil.copytree(model, local, dirs_exist_ok=True)
+            if not in_place:
+                shutil.copytree(model, local, dirs_exist_ok=True)
         else:
             model.save_pretrained(local)
         from ..utils.io import read_json
