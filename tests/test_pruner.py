@@ -172,3 +172,14 @@ def test_modules_reading_one_input_share_one_hessian():
         x = x.reshape(-1, x.shape[-1]).double()
         torch.testing.assert_close(grams[name], x.T @ x, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(stats.column_norms(name), x.pow(2).sum(0).sqrt(), rtol=1e-12, atol=1e-12)
+
+
+def test_pruning_report_round_trips(tmp_path):
+    from hf_layerif.pruning import PruningReport
+
+    pruner = LayerIFPruner(tiny_llama(layers=2))
+    report = pruner.prune(PruningConfig(method="wanda", sparsity=0.5), _calib(), progress=False)
+    report.save_pretrained(tmp_path)
+    again = PruningReport.from_pretrained(tmp_path)
+    assert again.to_dict() == report.to_dict()
+    assert again.global_sparsity()["achieved"] == pytest.approx(0.5, abs=1e-9)
