@@ -414,3 +414,17 @@ def test_estimators_come_from_one_registry():
     assert get_estimator(InfluenceArguments(estimator="lissa", lissa_depth=7)).depth == 7
     with pytest.raises(ValueError, match=r"choose one of \("):
         InfluenceArguments(estimator="ekfac")
+
+
+def test_card_names_the_calibration_actually_used(tmp_path):
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig
+
+    pruner = LayerIFPruner(tiny_llama(layers=2))
+    pruner.prune(PruningConfig(method="wanda", sparsity=0.5), torch.randint(3, 50, (4, 12)), progress=False)
+    pruner.save_pretrained(tmp_path / "given")
+    card = (tmp_path / "given" / "README.md").read_text()
+    assert "4 sequences × 12 tokens from token ids given to prune()" in card and "from c4" not in card
+    pruner = LayerIFPruner(tiny_llama(layers=2))
+    pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    pruner.save_pretrained(tmp_path / "magnitude")
+    assert "none (magnitude pruning uses no calibration data)" in (tmp_path / "magnitude" / "README.md").read_text()

@@ -60,6 +60,16 @@ def _scores_text(allocation: Allocation) -> str:
             f"{data.get('validation')})")
 
 
+def _calibration_text(calibration: dict, config) -> str:
+    """How the pruned model was calibrated, from what the report recorded (not the config's default source)."""
+    if not calibration.get("nsamples"):
+        return "none (magnitude pruning uses no calibration data)"
+    source = calibration.get("source") or config.calibration
+    if isinstance(source, str) and (source.startswith(("/", "./", "../", "~")) or Path(source).exists()):
+        source = Path(source).name  # a local file: its name, never the machine's path
+    return f"{calibration['nsamples']} sequences × {calibration['seqlen']} tokens from {source}, seed {calibration.get('seed')}"
+
+
 def _classify(model) -> str:
     if model is None:
         return "allocation"
@@ -95,9 +105,7 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
         report = read_json(local / "pruning_report.json")
         info.update(method=config.method, structure=config.structure, sparsity=config.sparsity,
                     achieved=report["global"]["achieved"],
-                    calibration_text=f"{report.get('calibration', {}).get('nsamples')} sequences × "
-                                     f"{report.get('calibration', {}).get('seqlen')} tokens from {config.calibration}, "
-                                     f"seed {config.seed}",
+                    calibration_text=_calibration_text(report.get("calibration") or {}, config),
                     pruned_rows=[{"name": n, "requested": f"{b['requested']:.4f}", "achieved": f"{b['achieved']:.4f}"}
                                  for n, b in zip(report["block_names"], report["blocks"])])
     elif kind == "lora_moe":

@@ -27,6 +27,17 @@ from .report import ModuleResult, PruningReport
 logger = get_logger(__name__)
 
 
+def _describe_source(calibration_dataset, config: PruningConfig) -> str:
+    """What the calibration sequences were drawn from, as the card and report should say it."""
+    if calibration_dataset is None:
+        return str(config.calibration)
+    if isinstance(calibration_dataset, torch.Tensor):
+        return "token ids given to prune()"
+    if isinstance(calibration_dataset, (list, tuple)):
+        return f"{len(calibration_dataset)} texts given to prune()"
+    return str(calibration_dataset)
+
+
 def _prunable(block: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in block.named_modules()
             if is_linear_like(m) and not any(p.startswith(("lora_", "layerif_")) for p in n.split("."))]
@@ -213,7 +224,9 @@ class LayerIFPruner:
                                     extra={"allocation": getattr(self.allocation, "method", "uniform"),
                                            "calibration": {"nsamples": None if ids is None else int(ids.shape[0]),
                                                            "seqlen": None if ids is None else int(ids.shape[1]),
-                                                           "seed": config.seed}})
+                                                           "seed": config.seed,
+                                                           "source": _describe_source(calibration_dataset, config)
+                                                           if ids is not None else None}})
         return self.report
 
     def push_to_hub(self, repo_id: str, **kwargs):
