@@ -299,6 +299,8 @@ class LayerInfluenceScores:
         bar = fig.colorbar(image, ax=ax_map, fraction=0.046)
         bar.set_label("influence I_l(z) (Koh & Liang sign)")
         model_id = (self.provenance.get("model") or {}).get("model_id") or (self.provenance.get("model") or {}).get("class")
+        if model_id and (model_id.startswith(("/", "./", "../", "~")) or Path(model_id).exists()):
+            model_id = Path(model_id).name  # a local model: its folder name, not the machine's path
         fig.suptitle(title or f"LayerIF scores of {model_id or 'the model'} ({self.num_train} training samples)")
         fig.tight_layout()
         return save_figure(fig, path)
