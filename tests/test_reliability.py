@@ -416,6 +416,30 @@ def test_estimators_come_from_one_registry():
         InfluenceArguments(estimator="ekfac")
 
 
+def test_aggregations_come_from_one_registry():
+    from hf_layerif.influence.arguments import InfluenceArguments
+    from hf_layerif.influence.scores import AGGREGATIONS, aggregate_block_scores, register_aggregation
+
+    assert set(AGGREGATIONS) == {"positive", "all", "top_fraction", "harmful"}
+    influence = torch.tensor([[-2.0, 1.0, -1.0], [0.5, 0.5, -3.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate_block_scores(influence, "positive"), torch.tensor([3.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(aggregate_block_scores(influence, "top_fraction", 0.34),
+                               torch.tensor([3.0, 2.5], dtype=torch.float64))  # the ⌈0.34·3⌉ = 2 most negative
+
+    @register_aggregation("test_max_abs")
+    def max_abs(values, fraction):
+        return values.abs().max(-1).values
+
+    try:
+        assert InfluenceArguments(aggregation="test_max_abs").aggregation == "test_max_abs"
+        torch.testing.assert_close(aggregate_block_scores(influence, "test_max_abs"),
+                                   torch.tensor([2.0, 3.0], dtype=torch.float64))
+    finally:
+        del AGGREGATIONS["test_max_abs"]
+    with pytest.raises(ValueError, match="aggregation"):
+        InfluenceArguments(aggregation="test_max_abs")
+
+
 def test_card_names_the_calibration_actually_used(tmp_path):
     from hf_layerif.pruning import LayerIFPruner, PruningConfig
 

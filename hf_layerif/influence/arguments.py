@@ -77,7 +77,8 @@ class InfluenceArguments:
     lissa_batch_size: int | None = field(default=None, metadata={"help": "Samples per LiSSA step (all when unset)."})
     lissa_repeats: int = field(default=1, metadata={"help": "Independent LiSSA runs to average (stochastic mode)."})
     seed: int = field(default=0, metadata={"help": "Seed for LiSSA, bootstrap and repeats."})
-    aggregation: str = field(default="positive", metadata={"help": "positive | all | top_fraction | harmful."})
+    aggregation: str = field(default="positive", metadata={"help": "Registered block-score aggregation: positive, all, "
+                                                                  "top_fraction, harmful (hf_layerif.influence.scores.AGGREGATIONS)."})
     fraction: float = field(default=0.25, metadata={"help": "Fraction used by aggregation=top_fraction."})
     bootstrap_samples: int = field(default=200, metadata={"help": "Bootstrap resamples for ranking stability (0: off)."})
     repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from .stability import (
 
 logger = get_logger(__name__)
 
-AGGREGATIONS = ("positive", "all", "top_fraction", "harmful")
 SCORES_FORMAT = "hf-layerif-scores"
 SCORES_FORMAT_VERSION = "1.0"
 SCORES_JSON = "layerif_scores.json"
@@ -41,27 +41,56 @@ SIGN_CONVENTION = (
 )
 
 
-def aggregate_block_scores(influence: torch.Tensor, aggregation: str = "positive", fraction: float = 0.25) -> torch.Tensor:
-    """Block scores q_l from influences [..., L, n] (METHOD §3); returns [..., L] float64.
+Aggregation = Callable[[torch.Tensor, float], torch.Tensor]
+AGGREGATIONS: dict[str, Aggregation] = {}
 
-    - ``positive``: Σ_i max(−I_l(z_i), 0)  (LayerIF(+ve), default)
-    - ``all``: −Σ_i I_l(z_i)  (may be negative)
-    - ``top_fraction``: Σ of −I_l over the ⌈fraction·n⌉ samples with the most negative I_l
-    - ``harmful``: Σ_i max(I_l(z_i), 0)  (the paper's literal §3.2 formula, for ablation)
-    """
-    values = influence.to(torch.float64)
-    if aggregation == "positive":
-        return (-values).clamp_min(0).sum(-1)
-    if aggregation == "all":
-        return -values.sum(-1)
-    if aggregation == "top_fraction":
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        k = max(1, math.ceil(fraction * values.shape[-1]))
-        return torch.topk(-values, k, dim=-1).values.sum(-1)
-    if aggregation == "harmful":
-        return values.clamp_min(0).sum(-1)
-    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+def register_aggregation(name: str) -> Callable[[Aggregation], Aggregation]:
+    """Decorator: make ``fn(influence [..., L, n] float64, fraction) -> [..., L]`` available as an aggregation
+    by ``name`` (in ``InfluenceArguments.aggregation``, ``block_scores(name)`` and the CLI)."""
+
+    def decorate(fn: Aggregation) -> Aggregation:
+        if name in AGGREGATIONS:
+            raise ValueError(f"aggregation {name!r} is already registered")
+        AGGREGATIONS[name] = fn
+        return fn
+
+    return decorate
+
+
+@register_aggregation("positive")
+def _positive(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Σ_i max(−I_l(z_i), 0): the beneficial mass (LayerIF(+ve), the default)."""
+    return (-values).clamp_min(0).sum(-1)
+
+
+@register_aggregation("all")
+def _all(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """−Σ_i I_l(z_i) (may be negative)."""
+    return -values.sum(-1)
+
+
+@register_aggregation("top_fraction")
+def _top_fraction(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Σ of −I_l over the ⌈fraction·n⌉ samples with the most negative I_l."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, math.ceil(fraction * values.shape[-1]))
+    return torch.topk(-values, k, dim=-1).values.sum(-1)
+
+
+@register_aggregation("harmful")
+def _harmful(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Σ_i max(I_l(z_i), 0): the paper's literal §3.2 formula, for ablation."""
+    return values.clamp_min(0).sum(-1)
+
+
+def aggregate_block_scores(influence: torch.Tensor, aggregation: str = "positive", fraction: float = 0.25) -> torch.Tensor:
+    """Block scores q_l from influences [..., L, n] (METHOD §3) with a registered aggregation; returns [..., L]
+    float64. Registered: ``positive`` (default), ``all``, ``top_fraction``, ``harmful`` (see each function)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {aggregation!r}")
+    return AGGREGATIONS[aggregation](influence.to(torch.float64), fraction)
 
 
 @dataclass
