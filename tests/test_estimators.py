@@ -252,3 +252,25 @@ def test_memory_plan_is_checked_before_any_work(monkeypatch, tmp_path):
                                 cache_dir=tmp_path, progress=False)
     plan = engine.InfluenceEngine(model, InfluenceArguments(estimator="tracin")).memory_plan(1000)
     assert plan["stored_gradients"] == 0 and "gram" not in plan
+
+
+@pytest.mark.parametrize("estimator", ["exact", "lissa"])
+def test_gram_route_through_the_engine_spilled_or_not(tmp_path, estimator):
+    from conftest import random_samples, tiny_llama, with_lora
+
+    from hf_layerif import compute_layer_influence
+
+    model = with_lora(tiny_llama(torch.float64), randomize_b=True)
+    train, val = random_samples(10, seed=31), random_samples(3, seed=32)
+    options = dict(estimator=estimator, progress=False, bootstrap_samples=0, batch_size=2, lissa_depth=50)
+    whole = compute_layer_influence(model, train, val, **options)
+    flushes = []
+    original_flush = GramAccumulator.flush
+    GramAccumulator.flush = lambda self: (flushes.append(1), original_flush(self))[1]
+    try:
+        spilled = compute_layer_influence(model, train, val, gradient_memory_gb=1e-4, cache_dir=tmp_path, **options)
+    finally:
+        GramAccumulator.flush = original_flush
+    assert flushes, "the small budget must close and spill windows"
+    torch.testing.assert_close(spilled.influence, whole.influence, rtol=1e-6, atol=1e-9)
+    assert whole.estimator["name"] == estimator and torch.isfinite(whole.influence).all()

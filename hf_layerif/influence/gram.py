@@ -1,10 +1,11 @@
 """Chunked accumulation of the Gram statistics a = G v and K = G Gᵀ, with bounded memory and resume.
 
-Per-sample gradients arrive one batch ("chunk") at a time, as one [c, d_l] matrix per block. A chunk's rows
-of K are formed against every chunk seen so far. Chunks stay on the compute device in a *window* of at most
-``memory_budget_bytes``; a full window is written to ``spill_dir`` as one safetensors file after its cross
-products with every older window were formed (each older window is read back once per new window, so disk
-traffic is O(n² / window) rather than O(n²)). With ``spill_dir=None`` everything must fit the budget.
+Per-sample gradients arrive one batch ("chunk") at a time, as one [c, d_l] matrix per block; ``a`` is formed at
+once. Chunks stay on the compute device in a *window* of at most ``memory_budget_bytes``. When a window closes
+(it is full, a checkpoint is saved, or the pass ends) its K blocks are formed with large products: one GEMM per
+group for the window with itself and one per older window, read back from ``spill_dir`` once per new window (disk
+traffic O(n² / window)); then the window is written there. With ``spill_dir=None`` everything must fit the budget
+and K is one G Gᵀ product per group. Used by the estimators that need K (``exact``, ``lissa``).
 
 ``a`` and ``K`` are kept on the CPU, per parameter group (a block, or one tensor of a block); K is
 [groups, n, n] in the gradients' compute dtype (float32, or float64 for float64 gradients).
@@ -77,9 +78,10 @@ class GramAccumulator:
         memory_budget_bytes: device memory for the in-memory window of stored gradients.
         spill_dir: folder for spilled windows (needed when the gradients exceed the budget, and for resume).
         store_dtype: dtype of stored gradients (bfloat16 halves memory and disk at a small precision cost).
-        shard: (rank, world size). In a multi-process run every process holds every gradient, but each block of K
-            (a pair of chunks) is formed by one process only; the others leave it zero, and the caller sums K over
-            the processes (:meth:`InfluenceEngine.gram_statistics` does), so the Gram FLOPs are split P ways.
+        shard: (rank, world size). In a multi-process run every process holds every gradient, but each row of K is
+            formed by one process only (each process takes a slice of every window's rows); the others leave it
+            zero, and the caller sums K over the processes (:meth:`InfluenceEngine.gram_statistics` does), so the
+            Gram FLOPs are split P ways.
     """
 
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
@@ -106,46 +108,62 @@ class GramAccumulator:
             offset += len(bounds) - 1
 
     # --- products -------------------------------------------------------------------------------------
-    def _mine(self, row_start: int, col_start: int) -> bool:
-        """Whether this process forms the K block of the chunks starting at these sample offsets."""
-        return self.world == 1 or (row_start * 1_000_003 + col_start) % self.world == self.rank
+    def _row_slice(self, rows: int) -> tuple[int, int]:
+        """The rows of a window this process forms products for (all of them in a one-process run)."""
+        per = -(-rows // self.world)
+        lo = min(rows, self.rank * per)
+        return lo, min(rows, lo + per)
 
-    def _gram_blocks(self, left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
-        """[groups, rows(left), rows(right)] products per group."""
-        out = []
+    def _products(self, left: list[torch.Tensor], right: list[torch.Tensor], left_start: int, right_start: int) -> None:
+        """K[left rows, right cols] (and its mirror) for every group: one GEMM per group over this process's share
+        of the left rows. ``left`` and ``right`` are whole windows ([rows, d_l] per block)."""
+        rows = left[0].shape[0]
+        lo, hi = self._row_slice(rows)
+        if lo >= hi:
+            return
+        same = left is right
+        r0, c0 = left_start + lo, right_start
         for l, bounds in enumerate(self.layout.bounds):
-            L = left[l].to(self.compute_dtype)
-            R = right[l].to(self.compute_dtype) if right[l] is not left[l] else L
+            L = left[l][lo:hi].to(self.compute_dtype)
+            R = right[l].to(self.compute_dtype) if not same else left[l].to(self.compute_dtype)
             for j in range(len(bounds) - 1):
-                lo, hi = bounds[j], bounds[j + 1]
-                out.append(L[:, lo:hi] @ R[:, lo:hi].T)
-        return torch.stack(out).to("cpu")
+                g = self._group_offsets[l] + j
+                block = (L[:, bounds[j]:bounds[j + 1]] @ R[:, bounds[j]:bounds[j + 1]].T).to("cpu")
+                self.K[g, r0:r0 + block.shape[0], c0:c0 + block.shape[1]] = block
+                if not same:
+                    self.K[g, c0:c0 + block.shape[1], r0:r0 + block.shape[0]] = block.T
 
-    def _place(self, block: torch.Tensor, r0: int, c0: int) -> None:
-        r1, c1 = r0 + block.shape[1], c0 + block.shape[2]
-        self.K[:, r0:r1, c0:c1] = block
-        if r0 != c0:
-            self.K[:, c0:c1, r0:r1] = block.transpose(1, 2)
+    def _merged_window(self) -> list[torch.Tensor]:
+        if len(self.window.chunks) == 1:
+            return self.window.chunks[0]
+        return [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
+
+    def _close_window(self) -> list[torch.Tensor]:
+        """Form the products of the in-memory window with itself and with every spilled window; return it merged."""
+        merged = self._merged_window()
+        start = self.window.starts[0]
+        self._products(merged, merged, start, start)
+        for entry in self.spilled:
+            older = self._load_window(entry, merged[0].device)
+            self._products(merged, older, start, entry["start"])
+            del older
+        return merged
 
     # --- public ---------------------------------------------------------------------------------------
     def add(self, grads: list[torch.Tensor]) -> None:
-        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order."""
+        """Add the next chunk: one [c, d_l] tensor per block, rows in dataset order. ``a`` is formed now; K when
+        the window closes (one GEMM per group and window pair)."""
         c = grads[0].shape[0]
         if self.rows_done + c > self.n:
             raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
         start = self.rows_done
         stored = [g.detach().to(self.store_dtype) for g in grads]
-        compute = [g.to(self.compute_dtype) for g in stored] if self.store_dtype != self.compute_dtype else stored
         for l, bounds in enumerate(self.layout.bounds):
-            v = self.v[l].to(compute[l].device, self.compute_dtype)
+            block = stored[l].to(self.compute_dtype)
+            v = self.v[l].to(block.device, self.compute_dtype)
             for j in range(len(bounds) - 1):
                 lo, hi = bounds[j], bounds[j + 1]
-                self.a[self._group_offsets[l] + j, start:start + c] = (compute[l][:, lo:hi] @ v[lo:hi]).to("cpu")
-        if self._mine(start, start):
-            self._place(self._gram_blocks(compute, compute), start, start)
-        for k, other_start in enumerate(self.window.starts):
-            if self._mine(start, other_start):
-                self._place(self._gram_blocks(compute, self.window.chunks[k]), start, other_start)
+                self.a[self._group_offsets[l] + j, start:start + c] = (block[:, lo:hi] @ v[lo:hi]).to("cpu")
         self.window.starts.append(start)
         self.window.chunks.append(stored)
         self.window.nbytes += sum(t.numel() * t.element_size() for t in stored)
@@ -160,19 +178,14 @@ class GramAccumulator:
             self.flush()
 
     def flush(self) -> None:
-        """Write the in-memory window to ``spill_dir`` (after forming its products with older windows)."""
+        """Close the in-memory window (its products with itself and every older window) and write it to
+        ``spill_dir``."""
         if not self.window.chunks:
             return
         if self.spill_dir is None:
             raise RuntimeError("flush() needs a spill_dir")
-        merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
         start = self.window.starts[0]
-        for entry in self.spilled:
-            if not self._mine(start, entry["start"]):
-                continue
-            older = self._load_window(entry, merged[0].device)
-            self._place(self._gram_blocks(merged, older), start, entry["start"])
-            del older
+        merged = self._close_window()
         name = f"gradients_{start:09d}.safetensors"
         write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
         self.spilled.append({"file": name, "start": start, "rows": merged[0].shape[0]})
@@ -183,16 +196,11 @@ class GramAccumulator:
         return [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
 
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Complete the cross products of the last window with spilled ones; return (a, K)."""
+        """Close the last window; return (a, K)."""
         if self.rows_done != self.n:
             raise ValueError(f"only {self.rows_done} of {self.n} samples were added")
-        if self.spilled and self.window.chunks:
-            merged = [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
-            start = self.window.starts[0]
-            for entry in self.spilled:
-                if self._mine(start, entry["start"]):
-                    older = self._load_window(entry, merged[0].device)
-                    self._place(self._gram_blocks(merged, older), start, entry["start"])
+        if self.window.chunks:
+            self._close_window()
             self.window = _Window()
         return self.a, self.K
 
