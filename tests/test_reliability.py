@@ -452,3 +452,18 @@ def test_card_names_the_calibration_actually_used(tmp_path):
     pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
     pruner.save_pretrained(tmp_path / "magnitude")
     assert "none (magnitude pruning uses no calibration data)" in (tmp_path / "magnitude" / "README.md").read_text()
+
+
+def test_allocation_card_states_the_scoring_protocol_and_its_stability(tmp_path):
+    from hf_layerif import expert_allocation
+    from hf_layerif.hub import write_hub_folder
+
+    model = with_lora(tiny_llama())
+    scores = compute_layer_influence(model, random_samples(12), random_samples(3), fit_steps=3, fit_learning_rate=1e-2,
+                                     bootstrap_samples=20, progress=False)
+    allocation = expert_allocation(scores, 6)
+    assert allocation.provenance["scores"]["protocol"]["draws"] == 3
+    write_hub_folder(allocation, tmp_path / "card")
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "a LoRA adapter fitted 3 steps to the training samples, averaged over 3 draws" in card
+    assert "mean pairwise Spearman between draws" in card and "5th-percentile bootstrap Spearman" in card

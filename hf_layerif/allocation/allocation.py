@@ -238,9 +238,12 @@ def _scores_and_provenance(scores) -> tuple[list[float] | None, dict]:
     if scores is None:
         return None, {}
     if hasattr(scores, "block_scores"):
+        protocol = dict(scores.provenance.get("protocol") or {})
+        protocol.pop("fits", None)  # per-draw fit losses stay with the scores
         provenance = {"scores": {"aggregation": scores.arguments.get("aggregation"), "arguments": scores.arguments,
                                  "estimator": scores.estimator, "data": scores.provenance.get("data"),
-                                 "model": scores.provenance.get("model", {}).get("model_id")}}
+                                 "model": scores.provenance.get("model", {}).get("model_id"),
+                                 "protocol": protocol or None, "agreement": scores.agreement() or None}}
         return scores.block_scores().tolist(), provenance
     values = scores.detach().cpu().tolist() if hasattr(scores, "detach") else [float(x) for x in scores]
     return values, {}

@@ -55,9 +55,25 @@ def _scores_text(allocation: Allocation) -> str:
         return "model-centric metric or uniform baseline (no influence scores)" if allocation.method != "layerif" else "given directly"
     estimator = (scores.get("estimator") or {}).get("name")
     data = scores.get("data") or {}
-    return (f"LayerIF influence ({estimator}, aggregation {scores.get('aggregation')}) over {data.get('num_train')} "
+    text = (f"LayerIF influence ({estimator}, aggregation {scores.get('aggregation')}) over {data.get('num_train')} "
             f"training and {data.get('num_validation')} validation samples (fingerprints {data.get('train')} / "
             f"{data.get('validation')})")
+    protocol = scores.get("protocol") or {}
+    if protocol:
+        adapter = {"fitted": f"a LoRA adapter fitted {(scores.get('arguments') or {}).get('fit_steps')} steps to the "
+                             "training samples", "fresh": "a freshly initialised LoRA adapter",
+                   "trained": "the LoRA adapter as trained"}.get(protocol.get("adapter"), "the adapter")
+        draws = protocol.get("draws") or 1
+        text += f"; scored on {adapter}" + (f", averaged over {draws} draws" if draws > 1 else "")
+    agreement = scores.get("agreement") or {}
+    figures = []
+    if "draws" in agreement:
+        figures.append(f"mean pairwise Spearman between draws {agreement['draws']:.2f}")
+    if "bootstrap" in agreement:
+        figures.append(f"5th-percentile bootstrap Spearman {agreement['bootstrap']:.2f}")
+    if figures:
+        text += "; ranking stability: " + ", ".join(figures)
+    return text
 
 
 def _calibration_text(calibration: dict, config) -> str:
