@@ -79,7 +79,7 @@ def main() -> None:
         modes = set()
         for module in model.modules():
             if isinstance(module, MoELinear):
-                module.dispatch = dispatch
+                module.dispatch = {name: dispatch for name in module.dispatch}
                 modes.add(module.resolve_dispatch("default"))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         seconds, peak = time_steps(model, ids, args.steps, args.device)

@@ -67,12 +67,12 @@ def test_sparse_dispatch_equals_dense_reference_and_gradients_flow(name):
     outputs = {}
     for mode in ("dense", "sparse", "gated", "auto"):
         for m in layers:
-            m.dispatch = mode
+            m.dispatch["default"] = mode
         outputs[mode] = model(input_ids=ids).logits
     for mode in ("sparse", "gated", "auto"):
         torch.testing.assert_close(outputs[mode], outputs["dense"], rtol=1e-5, atol=1e-6)
     for m in layers:
-        m.dispatch = "sparse"
+        m.dispatch["default"] = "sparse"
     model.train()
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
@@ -93,7 +93,7 @@ def test_gated_and_sparse_paths_give_the_same_gradients():
         model = _moe(router_z_loss_coef=0.1)
         for m in model.modules():
             if isinstance(m, MoELinear):
-                m.dispatch = mode
+                m.dispatch["default"] = mode
         model.train()
         ids = _ids(seed=5)
         model(input_ids=ids, labels=ids).loss.backward()
@@ -343,3 +343,20 @@ def test_registration_holds_for_every_import_order_and_loading_route(tmp_path):
         if done.returncode != 0 or "LOADED" not in done.stdout:
             failures[route] = done.stderr[-800:]
     assert not failures, failures
+
+
+def test_dispatch_is_a_saved_config_field(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    BUILDERS["llama"]().save_pretrained(tmp_path / "base")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                           LayerIFConfig(num_experts=3, dispatch="sparse", task_type="CAUSAL_LM"))
+    layers = [m for m in model.modules() if isinstance(m, MoELinear)]
+    assert layers and all(m.resolve_dispatch("default") == "sparse" for m in layers)
+    model.save_pretrained(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["dispatch"] == "sparse"
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    assert all(m.resolve_dispatch("default") == "sparse" for m in reloaded.modules() if isinstance(m, MoELinear))
+    with pytest.raises(ValueError, match="dispatch="):
+        LayerIFConfig(dispatch="fast")

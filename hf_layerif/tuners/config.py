@@ -10,6 +10,8 @@ from peft.config import PeftConfig
 from ..utils.logging import get_logger
 from .peft_type import ensure_peft_type
 
+DISPATCHES = ("auto", "sparse", "gated", "dense")
+
 logger = get_logger(__name__)
 
 
@@ -60,6 +62,9 @@ class LayerIFConfig(PeftConfig):
     router_aux_loss_coef: float = field(default=0.01, metadata={"help": "Weight of the load-balancing loss."})
     router_z_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the router z-loss."})
     router_init_std: Optional[float] = field(default=None, metadata={"help": "Router init std (None: nn.Linear default)."})
+    dispatch: str = field(default="auto", metadata={"help": "How routed tokens reach the experts: 'auto' (gated while "
+                                                            "the experts' FLOPs stay below the base layer's, else "
+                                                            "sparse), 'sparse', 'gated' or 'dense' (reference); all exact."})
     modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Extra modules trained and saved in full."})
     bias: str = field(default="none", metadata={"help": "Only 'none' is supported."})
     allocation: Optional[dict[str, Any]] = field(default=None, metadata={"help": "Provenance of the expert allocation."})
@@ -77,6 +82,8 @@ class LayerIFConfig(PeftConfig):
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.num_experts < 1 or self.top_k < 1:
             raise ValueError("num_experts and top_k must be >= 1.")
+        if self.dispatch not in DISPATCHES:
+            raise ValueError(f"dispatch={self.dispatch!r}; choose one of {DISPATCHES}.")
         if self.experts_per_layer is not None:
             self.experts_per_layer = [int(e) for e in self.experts_per_layer]
             bad = [i for i, e in enumerate(self.experts_per_layer) if e < 1]

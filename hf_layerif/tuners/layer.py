@@ -3,7 +3,8 @@
 Shapes for one adapter on a linear W ∈ R^{out×in} with E experts of rank r: ``layerif_A`` [E, in, r],
 ``layerif_B`` [E, r, out] (zeros at init), router ``layerif_router`` = ``nn.Linear(in, E, bias=False)`` in
 float32 (absent when E = 1). Tokens are flattened to [N, in]; each goes to its top-k experts (k = min(top_k, E))
-with renormalised gates. Three exact implementations of the same mixture (``layer.dispatch``):
+with renormalised gates. Three exact implementations of the same mixture (``LayerIFConfig.dispatch``, saved with the
+adapter):
 
 - ``"sparse"``: tokens are sorted by expert and each expert multiplies only its own tokens (k/E of the expert
   FLOPs, but gathers, scatters and one host sync per layer);
@@ -48,7 +49,7 @@ class LayerIFLayer(BaseTunerLayer):
         self.layerif_A = nn.ParameterDict()
         self.layerif_B = nn.ParameterDict()
         self.layerif_router = nn.ModuleDict()
-        self.dispatch = "auto"
+        self.dispatch: dict[str, str] = {}  # per adapter: "auto", "sparse", "gated" or "dense" (LayerIFConfig.dispatch)
         self.router_z_loss: dict[str, bool] = {}
         self._token_context: dict | None = None
         self.router_state: dict[str, dict[str, torch.Tensor]] = {}
@@ -61,7 +62,7 @@ class LayerIFLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: int, lora_dropout: float, num_experts: int,
                      top_k: int, router_init_std: float | None = None, router_z_loss: bool = False,
-                     inference_mode: bool = False) -> None:
+                     dispatch: str = "auto", inference_mode: bool = False) -> None:
         if top_k > num_experts and num_experts > 1:
             logger.warning("top_k=%d exceeds the %d experts of a module; using top_k=%d there.", top_k, num_experts, num_experts)
         self.r[adapter_name] = r
@@ -69,6 +70,7 @@ class LayerIFLayer(BaseTunerLayer):
         self.scaling[adapter_name] = lora_alpha / r
         self.num_experts[adapter_name] = num_experts
         self.router_z_loss[adapter_name] = router_z_loss
+        self.dispatch[adapter_name] = dispatch
         self.top_k[adapter_name] = min(top_k, num_experts)
         self.layerif_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.layerif_A[adapter_name] = nn.Parameter(torch.empty(num_experts, self.in_features, r))
@@ -142,8 +144,9 @@ class LayerIFLayer(BaseTunerLayer):
         return mask.reshape(-1).to(device=device, dtype=torch.float32)
 
     def resolve_dispatch(self, adapter_name: str) -> str:
-        if self.dispatch != "auto":
-            return self.dispatch
+        chosen = self.dispatch.get(adapter_name, "auto")
+        if chosen != "auto":
+            return chosen
         E, r = self.num_experts[adapter_name], self.r[adapter_name]
         expert_flops = E * r * (self.in_features + self.out_features)
         return "gated" if expert_flops <= self.in_features * self.out_features else "sparse"
@@ -196,11 +199,12 @@ class Linear(nn.Module, LayerIFLayer):
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, r: int, lora_alpha: int, lora_dropout: float,
                  num_experts: int, top_k: int, router_init_std: float | None = None, router_z_loss: bool = False,
-                 **kwargs) -> None:
+                 dispatch: str = "auto", **kwargs) -> None:
         super().__init__()
         LayerIFLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, r, lora_alpha, lora_dropout, num_experts, top_k, router_init_std, router_z_loss)
+        self.update_layer(adapter_name, r, lora_alpha, lora_dropout, num_experts, top_k, router_init_std, router_z_loss,
+                          dispatch)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)

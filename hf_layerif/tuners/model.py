@@ -110,7 +110,7 @@ class LayerIFModel(BaseTuner):
         experts = self.experts_for(peft_config, current_key)
         args = dict(r=peft_config.r, lora_alpha=peft_config.lora_alpha, lora_dropout=peft_config.lora_dropout,
                     num_experts=experts, top_k=peft_config.top_k, router_init_std=peft_config.router_init_std,
-                    router_z_loss=peft_config.router_z_loss_coef > 0)
+                    router_z_loss=peft_config.router_z_loss_coef > 0, dispatch=peft_config.dispatch)
         if isinstance(target, LayerIFLayer):
             target.update_layer(adapter_name, **args)
             return
