@@ -14,41 +14,75 @@ from hub_server import start_hub_server
 SCRIPT = Path(__file__).parent / "hub_roundtrip_script.py"
 
 
-@pytest.fixture()
-def hub():
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory):
+    """One run of the round-trip script against two local Hub servers (one accepts, one fails every commit):
+    its results, the accepting server's state, and the script's output for failure messages."""
+    require_shared()
+    tmp_path = tmp_path_factory.mktemp("hub")
     server, state, url = start_hub_server()
     failing, failing_state, failing_url = start_hub_server()
     failing_state.fail_commits = True
-    yield state, url, failing_url
-    server.shutdown()
-    failing.shutdown()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        env.update(HF_ENDPOINT=url, FAIL_ENDPOINT=failing_url, HF_TOKEN="hf_fake_token_for_tests_123",
+                   HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1", HF_HUB_DISABLE_TELEMETRY="1")
+        c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
+        result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(STORIES260K), str(c4)], env=env,
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        failing.shutdown()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))
+    return json.loads(line[len("RESULTS "):]), state
 
 
 @pytest.mark.slow
-def test_push_and_load_allocation_pruned_model_and_adapter(tmp_path, hub):
-    require_shared()
-    state, url, failing_url = hub
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_ENDPOINT=url, FAIL_ENDPOINT=failing_url, HF_TOKEN="hf_fake_token_for_tests_123",
-               HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1", HF_HUB_DISABLE_TELEMETRY="1")
-    c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(STORIES260K), str(c4)], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))
-    out = json.loads(line[len("RESULTS "):])
-    assert out["allocation_equal"] and out["pruned_equal"] and out["moe_equal"]
+def test_each_artefact_loads_back_exactly(roundtrip):
+    out, _ = roundtrip
+    assert out["allocation_equal"], "load_allocation gave another allocation"
+    assert out["pruned_equal"], "the pruned model loaded from the Hub differs"
+    assert out["moe_equal"], "the LoRA-MoE adapter loaded from the Hub differs"
     assert 0.3 < out["pruned_zeros"] < 0.7
-    assert out["allocation_card"]["library_name"] == "hf-layerif" and "layerif" in out["allocation_card"]["tags"]
-    assert out["allocation_card"]["has_table"] and out["allocation_card"]["has_sign"]
-    assert out["pruned_card"]["library_name"] == "transformers" and "pruned" in out["pruned_card"]["tags"]
-    assert "wanda" in out["pruned_card"]["tags"] and out["pruned_card"]["model_index"]
-    assert out["moe_card"]["library_name"] == "peft" and "lora-moe" in out["moe_card"]["tags"]
-    assert out["moe_card"]["import_note"]
-    assert not out["token_written"]
+
+
+@pytest.mark.slow
+def test_allocation_card_metadata(roundtrip):
+    card = roundtrip[0]["allocation_card"]
+    assert card["library_name"] == "hf-layerif" and "layerif" in card["tags"]
+    assert card["has_table"] and card["has_sign"]
+
+
+@pytest.mark.slow
+def test_pruned_model_card_metadata(roundtrip):
+    card = roundtrip[0]["pruned_card"]
+    assert card["library_name"] == "transformers" and "pruned" in card["tags"] and "wanda" in card["tags"]
+    assert card["model_index"]
+
+
+@pytest.mark.slow
+def test_lora_moe_card_metadata(roundtrip):
+    card = roundtrip[0]["moe_card"]
+    assert card["library_name"] == "peft" and "lora-moe" in card["tags"] and card["import_note"]
+
+
+@pytest.mark.slow
+def test_no_token_is_written(roundtrip):
+    assert not roundtrip[0]["token_written"]
+
+
+@pytest.mark.slow
+def test_a_failed_push_keeps_the_files_and_names_the_retry(roundtrip):
+    out = roundtrip[0]
     assert "tester/fails" in out["failure"] and "push_folder_to_hub" in out["failure"] and out["failure_kept"]
+
+
+@pytest.mark.slow
+def test_one_commit_per_push_with_every_file(roundtrip):
+    state = roundtrip[1]
     commits = [path for method, path in state.calls if method == "POST" and "/commit/" in path]
-    assert len(commits) == 3  # one commit per push
+    assert len(commits) == 3
     assert sorted(state.repos) == ["tester/stories-experts", "tester/stories-moe", "tester/stories-wanda"]
     moe_files = set(state.repos["tester/stories-moe"]["files"])
     assert {"adapter_config.json", "adapter_model.safetensors", "layerif_allocation.json", "layerif_allocation.png",
