@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.io import read_json, read_safetensors, remove_files_and_folder, write_json, write_safetensors
 from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -230,13 +230,5 @@ class GramAccumulator:
 
     def cleanup(self) -> None:
         """Delete spilled gradients and the state (after the final result was written)."""
-        if self.spill_dir is None:
-            return
-        for entry in self.spilled:
-            (self.spill_dir / entry["file"]).unlink(missing_ok=True)
-        for name in (STATE_FILE, STATE_META):
-            (self.spill_dir / name).unlink(missing_ok=True)
-        try:
-            self.spill_dir.rmdir()
-        except OSError:
-            pass
+        names = [entry["file"] for entry in self.spilled] + [STATE_FILE, STATE_META]
+        remove_files_and_folder(self.spill_dir, names)

@@ -61,6 +61,19 @@ def normalize_permissions(folder: str | os.PathLike) -> None:
             os.chmod(path, mode)
 
 
+def remove_files_and_folder(folder: str | os.PathLike | None, names) -> None:
+    """Delete the files ``names`` inside ``folder`` (missing ones are fine), then the folder if it is empty."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (another process's files, a user's file) or already gone
+        pass
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as UTF-8 JSON with sorted keys, atomically."""
     with atomic_path(path) as tmp:
