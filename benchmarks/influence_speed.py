@@ -116,9 +116,9 @@ def time_kronfluence(model, train, val, batch_size, device, strategies=("identit
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
+    from kronfluence_task import make_kronfluence_task  # benchmarks/, beside this script
 
     from hf_layerif.data import InfluenceCollator
-    from hf_layerif.influence.kronfluence_task import make_kronfluence_task
 
     task = make_kronfluence_task(model)
     prepared = prepare_model(model, task)

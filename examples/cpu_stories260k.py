@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_layerif import LayerInfluenceTrainer, compute_layer_influence
     from hf_layerif.data import InfluenceCollator, prepare_examples
     from hf_layerif.evaluation import evaluate_multiple_choice
+    from hf_layerif.evaluation.perplexity import load_wikitext2_test
     from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
-    from hf_layerif.pruning.evaluation import load_wikitext2_test
 
     torch.set_num_threads(1)
     data = Path(args.data)

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from hf_layerif import LayerInfluenceScores, compute_layer_influence
     from hf_layerif.data.loading import load_any_dataset
     from hf_layerif.evaluation import zero_shot
+    from hf_layerif.evaluation.perplexity import load_wikitext2_test
     from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
-    from hf_layerif.pruning.evaluation import load_wikitext2_test
 
     (args,) = HfArgumentParser(SparsityExampleArguments).parse_args_into_dataclasses(
         args=sys.argv[1:] if argv is None else argv)

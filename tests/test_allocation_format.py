@@ -96,7 +96,7 @@ def test_schema_ships_in_package():
 
 
 def test_alpha_hill_is_cached(tmp_path, monkeypatch):
-    import hf_layerif.allocation.metrics as metrics
+    import hf_layerif.allocation.alpha_hill as metrics
 
     model = tiny_llama(torch.float32, layers=2)
     first = block_alpha_hill(model, cache_dir=tmp_path)

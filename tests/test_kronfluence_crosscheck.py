@@ -6,7 +6,9 @@ g_iᵀ v, i.e. the negative of our ``tracin`` influence. Skipped unless kronflue
 torchvision: install it in a separate environment, see benchmarks/RESULTS.md).
 """
 
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +27,8 @@ def test_identity_per_module_scores_equal_minus_tracin():
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
 
-    from hf_layerif.influence.kronfluence_task import make_kronfluence_task
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from kronfluence_task import make_kronfluence_task
 
     model = with_lora(tiny_llama(torch.float32, layers=2), randomize_b=True)
     train, val = random_samples(6, seed=1, min_len=6, max_len=6), random_samples(3, seed=2, min_len=6, max_len=6)

@@ -8,7 +8,7 @@ checked against the float64 reference in test_allocation.py instead.) Skipped un
 import pytest
 from conftest import STORIES260K, require_shared
 
-from hf_layerif.allocation.metrics import pl_alpha_hill
+from hf_layerif.allocation.alpha_hill import pl_alpha_hill
 
 ww = pytest.importorskip("weightwatcher", reason="weightwatcher is not installed (optional cross-check)")
 

@@ -9,8 +9,8 @@ from .allocation import (
     plot_allocations,
     sparsity_allocation,
 )
+from .alpha_hill import block_alpha_hill, pl_alpha_hill
 from .experts import MOLA_PATTERNS, allocate_experts, largest_remainder_allocation, mola_pattern
-from .metrics import block_alpha_hill, pl_alpha_hill
 from .sparsity import allocate_sparsity, map_scores_to_ratios
 
 __all__ = [

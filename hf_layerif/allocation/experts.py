@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.logging import get_logger
-from .validation import as_score_vector, mirror, shift_negative
+from .score_vectors import as_score_vector, mirror, shift_negative
 
 logger = get_logger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .owl import OWL_LAMBDA
-from .validation import as_score_vector
+from .score_vectors import as_score_vector
 
 MAX_RATIO = 0.99
 SAVGOL_WINDOW = 7

@@ -53,9 +53,9 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     import torch
 
     from ..evaluation import zero_shot
+    from ..evaluation.perplexity import load_wikitext2_test
     from ..evaluation.zero_shot import PAPER_TASKS
     from ..pruning import LayerIFPruner, perplexity
-    from ..pruning.evaluation import load_wikitext2_test
     from ..utils.io import write_json
 
     config.allocation = _resolve_allocation(config.allocation)

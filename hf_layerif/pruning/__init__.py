@@ -1,7 +1,7 @@
 """Pruning with per-block sparsity: Magnitude, Wanda, SparseGPT (METHOD §7)."""
 
+from ..evaluation.perplexity import perplexity
 from .config import PruningConfig
-from .evaluation import perplexity
 from .pruner import LayerIFPruner
 from .report import PruningReport
 
