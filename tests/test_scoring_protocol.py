@@ -140,3 +140,11 @@ def test_resume_reuses_the_fitted_adapter(tmp_path, monkeypatch):
     assert fits["n"] == 1  # the fit of the interrupted run was reused
     torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-6, atol=1e-9)
     assert not (tmp_path / "influence_checkpoint").exists()
+
+
+def test_fit_batch_size_rebatches_samples_of_different_lengths():
+    model = with_lora(tiny_llama())
+    train = random_samples(10, min_len=3, max_len=12, seed=9)  # batches of 4 pad to different lengths
+    scores = compute_layer_influence(model, train, random_samples(3), batch_size=4, fit_batch_size=3, fit_steps=4,
+                                     fit_learning_rate=1e-2, repeats=1, progress=False, bootstrap_samples=0)
+    assert scores.provenance["protocol"]["fits"][0]["steps"] == 4 and torch.isfinite(scores.influence).all()

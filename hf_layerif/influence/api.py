@@ -209,12 +209,25 @@ def draw_seed(seed: int, draw: int) -> int:
     return seed + draw * 1_000_003
 
 
+# padding values of the collated keys when samples of differently padded batches are re-batched
+_PAD_VALUES = {"attention_mask": 0, "labels": -100}
+
+
 def _rebatch(train_loader, size: int):
-    """A factory of the training samples in batches of ``size`` (for a fit with its own batch size)."""
+    """A factory of the training samples in batches of ``size`` (for a fit with its own batch size). Samples keep
+    their real tokens; each new batch is right-padded to its longest sample (mask 0, label -100)."""
 
     def batches():
         rows = [{k: v[i] for k, v in b.items()} for b in train_loader() for i in range(b["input_ids"].shape[0])]
-        return [{k: torch.stack([r[k] for r in rows[j:j + size]]) for k in rows[0]} for j in range(0, len(rows), size)]
+        out = []
+        for j in range(0, len(rows), size):
+            group = rows[j:j + size]
+            batch = {}
+            for key in group[0]:
+                batch[key] = torch.nn.utils.rnn.pad_sequence([r[key] for r in group], batch_first=True,
+                                                             padding_value=_PAD_VALUES.get(key, 0))
+            out.append(batch)
+        return out
 
     return batches
 

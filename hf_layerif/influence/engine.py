@@ -324,16 +324,6 @@ class InfluenceEngine:
         self._accumulator = acc
         return acc, losses
 
-    def gram_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
-                        spill_dir: Path | None = None, resume_key: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a [groups, n], K [groups, n, n] and per-sample losses [n] (the Gram route, whatever the estimator; the
-        reference the streaming route is tested against)."""
-        acc, losses = self.training_statistics(loader, num_samples, v, spill_dir, resume_key, streaming=False)
-        a, K = acc.finalize()
-        if acc.world > 1:
-            K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
-        return a, K, losses
-
     def _save_progress(self, acc, key: dict, steps_done: int, losses: torch.Tensor) -> None:
         acc.save_state(key)
         write_safetensors(acc.spill_dir / "losses.safetensors", {"losses": losses})

@@ -80,7 +80,7 @@ class GramAccumulator:
         store_dtype: dtype of stored gradients (bfloat16 halves memory and disk at a small precision cost).
         shard: (rank, world size). In a multi-process run every process holds every gradient, but each row of K is
             formed by one process only (each process takes a slice of every window's rows); the others leave it
-            zero, and the caller sums K over the processes (:meth:`InfluenceEngine.gram_statistics` does), so the
+            zero, and the caller sums K over the processes (:meth:`InfluenceEngine.run` does), so the
             Gram FLOPs are split P ways.
     """
 
