@@ -21,7 +21,7 @@ from torch import nn
 
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import find_transformer_blocks, is_linear_like
-from ..utils.io import read_versioned_json, save_figure, write_json
+from ..utils.io import display_name, read_versioned_json, save_figure, write_json
 from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
 from .owl import OWL_LAMBDA, OWL_M
@@ -334,7 +334,7 @@ def plot_allocations(allocations: list[Allocation], path: str | os.PathLike, lab
     ax.set_xlabel("block")
     ax.set_ylabel("experts" if kinds == {"experts"} else "sparsity ratio")
     model_name = allocations[0].model.get("model_id") or allocations[0].model.get("architecture") or ""
-    model_name = model_name.rstrip("/").split("/")[-1] if model_name.startswith(("/", ".")) else model_name
+    model_name = display_name(model_name) if model_name else model_name
     ax.set_title(title or (("Experts per block" if kinds == {"experts"} else "Sparsity per block")
                            + (f" of {model_name}" if model_name else "")))
     ax.set_xticks(x[:: max(1, L // 16)])

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
-from ..utils.io import normalize_permissions
+from ..utils.io import display_name, is_local_path, normalize_permissions
 from ..utils.logging import get_logger
 from .cards import eval_results_for, render_card
 
@@ -81,8 +81,7 @@ def _calibration_text(calibration: dict, config) -> str:
     if not calibration.get("nsamples"):
         return "none (magnitude pruning uses no calibration data)"
     source = calibration.get("source") or config.calibration
-    if isinstance(source, str) and (source.startswith(("/", "./", "../", "~")) or Path(source).exists()):
-        source = Path(source).name  # a local file: its name, never the machine's path
+    source = display_name(source) if isinstance(source, str) else source
     return f"{calibration['nsamples']} sequences × {calibration['seqlen']} tokens from {source}, seed {calibration.get('seed')}"
 
 
@@ -168,10 +167,6 @@ def _prepare_staging_dir(local: Path) -> None:
     (local / STAGING_MARKER).write_text("staged by hf-layerif; emptied by the next push\n", encoding="utf-8")
 
 
-def _is_local_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
-
-
 def _base_license(hub_base: str | None, api=None) -> str | None:
     """The base model's license from its Hub card (``None`` offline or when it states none)."""
     if hub_base is None:
@@ -211,9 +206,9 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
         _prepare_staging_dir(local)
     info = _stage(allocation, model, kind, local)
     model_id = allocation.model.get("model_id") or ""
-    hub_base = model_id if "/" in model_id and not _is_local_path(model_id) else None
+    hub_base = model_id if "/" in model_id and not is_local_path(model_id) else None
     # titles and code never show a local absolute path: a local base model is named by its folder name
-    base_model = hub_base or (Path(model_id).name if model_id else None) or allocation.model.get("architecture") or "unknown"
+    base_model = hub_base or (display_name(model_id) if model_id else None) or allocation.model.get("architecture") or "unknown"
     method_tag = allocation.method if allocation.method != "layerif" else "layerif-allocation"
     load_target = repo_id or f"./{local.name}"
     model_name = (repo_id or local.name).split("/")[-1]
@@ -280,7 +275,7 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
     local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
     if license is None:
         model_id = allocation.model.get("model_id") or ""
-        license = _base_license(model_id if "/" in model_id and not _is_local_path(model_id) else None, api)
+        license = _base_license(model_id if "/" in model_id and not is_local_path(model_id) else None, api)
     local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True,
                                    license=license)
     return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,

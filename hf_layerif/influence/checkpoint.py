@@ -104,3 +104,50 @@ def check_resumable(checkpoint_dir: Path, key: dict, num_train: int, batch_size:
     steps = int(read_json(progress)["steps_done"]) if progress.exists() else 0
     total = math.ceil(num_train / (batch_size * processes))
     return min(steps, total)
+
+
+class ResumableAccumulator:
+    """Checkpointing shared by the accumulators of the training pass (``GramAccumulator``, ``StreamingStatistics``).
+
+    A subclass sets ``STATE_TENSORS`` (its attribute names saved as the state), ``STATE_FILE`` / ``STATE_META`` and
+    implements :meth:`close_for_save` (spill what is still in memory); it has ``spill_dir``, ``n``, ``rows_done``
+    and ``spilled`` (the spilled windows, ``{"file", "start", "rows"}``).
+    """
+
+    STATE_TENSORS: tuple[str, ...] = ()
+    STATE_FILE = ""
+    STATE_META = ""
+
+    def close_for_save(self) -> None:
+        raise NotImplementedError
+
+    def save_state(self, fingerprint: dict) -> None:
+        """Spill what is in memory, then save the state tensors and the progress (atomically) for a resume."""
+        from ..utils.io import save_accumulator_state
+
+        self.close_for_save()
+        save_accumulator_state(self.spill_dir, {name: getattr(self, name) for name in self.STATE_TENSORS},
+                               self.STATE_FILE, self.STATE_META, self.rows_done, self.n, self.spilled, fingerprint)
+
+    def try_resume(self, fingerprint: dict) -> int:
+        """Load a saved state if it matches ``fingerprint``; return the number of samples already done."""
+        from ..utils.io import load_accumulator_state
+
+        first = getattr(self, self.STATE_TENSORS[0])
+        loaded = load_accumulator_state(self.spill_dir, self.STATE_FILE, self.STATE_META, fingerprint, self.n,
+                                        device=str(first.device))
+        if loaded is None:
+            return 0
+        state, meta = loaded
+        for name in self.STATE_TENSORS:
+            getattr(self, name).copy_(state[name])
+        self.rows_done = int(meta["rows_done"])
+        self.spilled = list(meta["spilled"])
+        return self.rows_done
+
+    def cleanup(self) -> None:
+        """Delete spilled gradients and the state (after the final result was written)."""
+        from ..utils.io import remove_files_and_folder
+
+        names = [entry["file"] for entry in self.spilled] + [self.STATE_FILE, self.STATE_META]
+        remove_files_and_folder(self.spill_dir, names)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..utils.io import read_json, read_safetensors, remove_files_and_folder, write_json, write_safetensors
+from ..utils.io import read_safetensors, write_safetensors
 from ..utils.logging import get_logger
+from .checkpoint import ResumableAccumulator
 
 logger = get_logger(__name__)
 
@@ -67,7 +68,7 @@ class _Window:
         return sum(chunk[0].shape[0] for chunk in self.chunks)
 
 
-class GramAccumulator:
+class GramAccumulator(ResumableAccumulator):
     """Accumulates a = G v and K = G Gᵀ per group over chunks of per-sample gradients.
 
     Args:
@@ -83,6 +84,10 @@ class GramAccumulator:
             zero, and the caller sums K over the processes (:meth:`InfluenceEngine.run` does), so the
             Gram FLOPs are split P ways.
     """
+
+    STATE_TENSORS = ("a", "K")
+    STATE_FILE = STATE_FILE
+    STATE_META = STATE_META
 
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
@@ -205,30 +210,5 @@ class GramAccumulator:
         return self.a, self.K
 
     # --- checkpointing --------------------------------------------------------------------------------
-    def save_state(self, fingerprint: dict) -> None:
-        """Flush the window and save a, K and the progress (atomically) so a later run can resume."""
+    def close_for_save(self) -> None:
         self.flush()
-        write_safetensors(self.spill_dir / STATE_FILE, {"a": self.a, "K": self.K})
-        write_json(self.spill_dir / STATE_META, {"rows_done": self.rows_done, "num_samples": self.n,
-                                                  "spilled": self.spilled, "fingerprint": fingerprint})
-
-    def try_resume(self, fingerprint: dict) -> int:
-        """Load a saved state if it matches ``fingerprint``; return the number of samples already done."""
-        if self.spill_dir is None or not (self.spill_dir / STATE_META).exists():
-            return 0
-        meta = read_json(self.spill_dir / STATE_META)
-        if meta.get("fingerprint") != fingerprint or meta.get("num_samples") != self.n:
-            logger.warning("Ignoring the checkpoint in %s: it was made with other data or settings.", self.spill_dir)
-            return 0
-        state = read_safetensors(self.spill_dir / STATE_FILE)
-        self.a.copy_(state["a"])
-        self.K.copy_(state["K"])
-        self.rows_done = int(meta["rows_done"])
-        self.spilled = list(meta["spilled"])
-        logger.info("Resuming influence accumulation at sample %d of %d.", self.rows_done, self.n)
-        return self.rows_done
-
-    def cleanup(self) -> None:
-        """Delete spilled gradients and the state (after the final result was written)."""
-        names = [entry["file"] for entry in self.spilled] + [STATE_FILE, STATE_META]
-        remove_files_and_folder(self.spill_dir, names)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
+from ..utils.io import display_name, read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .stability import (
     UNSTABLE_SPEARMAN,
@@ -328,8 +328,7 @@ class LayerInfluenceScores:
         bar = fig.colorbar(image, ax=ax_map, fraction=0.046)
         bar.set_label("influence I_l(z) (Koh & Liang sign)")
         model_id = (self.provenance.get("model") or {}).get("model_id") or (self.provenance.get("model") or {}).get("class")
-        if model_id and (model_id.startswith(("/", "./", "../", "~")) or Path(model_id).exists()):
-            model_id = Path(model_id).name  # a local model: its folder name, not the machine's path
+        model_id = display_name(model_id) if model_id else model_id
         fig.suptitle(title or f"LayerIF scores of {model_id or 'the model'} ({self.num_train} training samples)")
         fig.tight_layout()
         return save_figure(fig, path)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils.io import read_json, read_safetensors, remove_files_and_folder, write_json, write_safetensors
+from ..utils.io import read_safetensors, write_safetensors
+from .checkpoint import ResumableAccumulator
 from .estimators import damping_from_gram
 from .gram import GroupLayout
 
@@ -33,7 +34,7 @@ STATE_FILE = "stream_state.safetensors"
 STATE_META = "stream_state.json"
 
 
-class StreamingStatistics:
+class StreamingStatistics(ResumableAccumulator):
     """a, ‖g‖² and (for DataInf) the stored gradients, accumulated chunk by chunk.
 
     Args:
@@ -46,6 +47,10 @@ class StreamingStatistics:
         store_dtype: dtype of stored gradients.
         keep_gradients: store gradients for the later reads (DataInf); TracIn needs none.
     """
+
+    STATE_TENSORS = ("a", "norms")
+    STATE_FILE = STATE_FILE
+    STATE_META = STATE_META
 
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
@@ -180,28 +185,6 @@ class StreamingStatistics:
         return -self.a.to("cpu", torch.float64)
 
     # --- checkpointing --------------------------------------------------------------------------------
-    def save_state(self, fingerprint: dict) -> None:
-        """Spill the window and save a, the norms and the progress (O(state): groups × n values)."""
+    def close_for_save(self) -> None:
         if self.keep_gradients:
             self.flush()
-        write_safetensors(self.spill_dir / STATE_FILE, {"a": self.a, "norms": self.norms})
-        write_json(self.spill_dir / STATE_META, {"rows_done": self.rows_done, "num_samples": self.n,
-                                                 "spilled": self.spilled, "fingerprint": fingerprint})
-
-    def try_resume(self, fingerprint: dict) -> int:
-        if self.spill_dir is None or not (self.spill_dir / STATE_META).exists():
-            return 0
-        meta = read_json(self.spill_dir / STATE_META)
-        if meta.get("fingerprint") != fingerprint or meta.get("num_samples") != self.n:
-            return 0
-        state = read_safetensors(self.spill_dir / STATE_FILE, device=str(self.a.device))
-        self.a.copy_(state["a"])
-        self.norms.copy_(state["norms"])
-        self.rows_done = int(meta["rows_done"])
-        self.spilled = list(meta["spilled"])
-        return self.rows_done
-
-    def cleanup(self) -> None:
-        """Delete spilled gradients and the state (after the final result was written)."""
-        names = [entry["file"] for entry in self.spilled] + [STATE_FILE, STATE_META]
-        remove_files_and_folder(self.spill_dir, names)
