@@ -34,7 +34,8 @@ def readme_program() -> str:
     for old, new in REPLACEMENTS:
         assert old in code, f"the README no longer contains {old!r}: update the tour test with it"
         code = code.replace(old, new)
-    return code + "\nprint('README TOUR DONE', scores.num_blocks, report.global_sparsity()['achieved'])\n"
+    return code + ("\nprint('README TOUR DONE', scores.num_blocks, report.global_sparsity()['requested'], "
+                   "report.global_sparsity()['achieved'])\n")
 
 
 @pytest.mark.slow
@@ -51,7 +52,14 @@ def test_readme_python_blocks_run(tmp_path):
     finally:
         server.shutdown()
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "README TOUR DONE 5 0.5" in done.stdout
+    tour = re.search(r"README TOUR DONE (\d+) (\S+) (\S+)", done.stdout)
+    assert tour, done.stdout[-2000:]
+    num_blocks, requested, achieved = int(tour[1]), float(tour[2]), float(tour[3])
+    assert num_blocks == 5
+    # the allocation keeps the mean ratio at the target exactly; each matrix then rounds its own count (half a
+    # weight each), so the achieved share may differ in the 5th decimal between CPUs (scores differ in the last bits)
+    assert requested == pytest.approx(0.5, abs=1e-9)
+    assert achieved == pytest.approx(0.5, abs=1e-4)  # 35 matrices x 0.5 weight / ~250k weights
     assert "you/mistral-stories-experts" in state.repos  # the push went to the (local) Hub in one commit
     assert (tmp_path / "scores" / "stories" / "layerif_scores.json").exists()
     assert (tmp_path / "wanda-50" / "model.safetensors").exists() and (tmp_path / "moe-adapter").exists()
