@@ -62,6 +62,7 @@ def test_block_sequential_wanda_equals_whole_model_calibration():
     ids = _calib(seed=2)
     LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5), ids, progress=False)
     blocks = find_transformer_blocks(reference)
+    metrics = {}
     for block in blocks.modules:
         inputs = {}
         handles = [m.register_forward_pre_hook(lambda mod, a, n=n, store=inputs: store.setdefault(n, []).append(a[0].detach()))
@@ -74,10 +75,16 @@ def test_block_sequential_wanda_equals_whole_model_calibration():
             if isinstance(linear, torch.nn.Linear):
                 x = torch.cat(inputs[name]).reshape(-1, linear.in_features).float()
                 mask = wanda_mask(linear.weight, x.norm(dim=0), 0.5)
+                metrics[id(linear)] = (linear.weight.abs() * x.norm(dim=0)).detach(), mask
                 with torch.no_grad():
                     linear.weight.masked_fill_(mask, 0)
     for (name, got), (_, want) in zip(_linears(model), _linears(reference)):
-        assert torch.equal(got.weight == 0, want.weight == 0), name
+        differ = (got.weight == 0) != (want.weight == 0)
+        if differ.any():  # the two routes' activations may differ in the last bits: only exact near-ties may flip
+            metric, mask = metrics[id(want)]
+            boundary = metric.masked_fill(~mask, -1.0).amax(dim=1, keepdim=True).expand_as(metric)
+            assert int(differ.sum()) <= 4, name
+            torch.testing.assert_close(metric[differ], boundary[differ], rtol=1e-5, atol=0)
 
 
 def test_offloaded_model_prunes_like_in_memory_and_save_keeps_zeros(tmp_path):
