@@ -2,7 +2,7 @@
 
 Training rows are ``{"instruction", "input", "output"}`` (only the output tokens are labels); evaluation items
 score each candidate output after the same prompt (accuracy by log-likelihood ranking). Local files as shipped
-by the original datasets: MRPC (GLUE TSV), CoLA (raw TSV), OpenBookQA / ARC (LLM-Adapters JSON), CommonsenseQA
+by the original datasets: MRPC (GLUE TSV), CoLA (raw TSV), OpenBookQA / ARC-Easy / ARC-Challenge (LLM-Adapters JSON), CommonsenseQA
 (JSONL), ScienceQA (MoLA's ``save_to_disk`` folder).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hf_layerif.evaluation import MultipleChoiceItem
 
-TASKS = ("mrpc", "cola", "openbookqa", "commonsenseqa", "scienceqa")
+TASKS = ("mrpc", "cola", "openbookqa", "arc_easy", "arc_challenge", "commonsenseqa", "scienceqa")
 
 
 def _prompt(instruction: str, extra: str = "") -> str:
@@ -74,7 +74,8 @@ def _scienceqa(path: Path, split: str) -> list[tuple[str, list[str], int]]:
 
 def load_finetune_task(task: str, path: str, split: str = "train") -> tuple[list[dict], list[MultipleChoiceItem]]:
     """(training rows, multiple-choice items) of ``task`` from ``path`` (``split`` for ScienceQA's folder)."""
-    loaders = {"mrpc": _mrpc, "cola": _cola, "openbookqa": _llm_adapters, "commonsenseqa": _commonsenseqa}
+    loaders = {"mrpc": _mrpc, "cola": _cola, "openbookqa": _llm_adapters, "arc_easy": _llm_adapters,
+               "arc_challenge": _llm_adapters, "commonsenseqa": _commonsenseqa}
     if task == "scienceqa":
         return _rows_and_items(_scienceqa(Path(path), split))
     if task not in loaders:
