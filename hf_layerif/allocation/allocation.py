@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from ..influence.scores import SIGN_CONVENTION
-from ..models.blocks import find_transformer_blocks, is_linear_like
+from ..models.blocks import base_linears, find_transformer_blocks
 from ..utils.io import display_name, read_versioned_json, save_figure, write_json
 from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
@@ -228,9 +228,8 @@ class Allocation:
         blocks = find_transformer_blocks(model)
         ratios = {}
         for raw, block, ratio in zip(blocks.raw_names, blocks.modules, self.values):
-            for sub_name, sub in block.named_modules():
-                if is_linear_like(sub) and not any(p.startswith(("lora_", "layerif_")) for p in sub_name.split(".")):
-                    ratios[f"{raw}.{sub_name}"] = float(ratio)
+            for sub_name, _ in base_linears(block):
+                ratios[f"{raw}.{sub_name}"] = float(ratio)
         return ratios
 
 

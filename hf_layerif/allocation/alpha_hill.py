@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.blocks import find_transformer_blocks, is_linear_like
+from ..models.blocks import base_linears, find_transformer_blocks
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:
@@ -74,9 +74,8 @@ def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.
 
 
 def _linear_weights(block: nn.Module):
-    for sub_name, sub in block.named_modules():
-        if is_linear_like(sub) and not any(p.startswith(("lora_", "layerif_")) for p in sub_name.split(".")):
-            yield sub.weight
+    for _, sub in base_linears(block):
+        yield sub.weight
 
 
 def _cache_file(model: nn.Module, blocks, cache_dir) -> Path:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.blocks import TransformerBlocks, find_transformer_blocks, is_linear_like
+from ..models.blocks import TransformerBlocks, base_linears, find_transformer_blocks
+from ..models.offload import execution_device, input_device
 
 
 class _StopForward(Exception):
@@ -60,10 +61,9 @@ class InputStatistics:
         self.modules: dict[str, nn.Module] = {}
         self._last_input: tuple[torch.Tensor, int, str] | None = None
         self._handles = []
-        for name, module in block.named_modules():
-            if is_linear_like(module) and not any(p.startswith(("lora_", "layerif_")) for p in name.split(".")):
-                self.modules[name] = module
-                self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+        for name, module in base_linears(block):
+            self.modules[name] = module
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
 
     def _make_hook(self, name: str):
         def hook(module, args):
@@ -138,19 +138,16 @@ class BlockSequentialRunner:
         self.progress = progress
 
     def _input_device(self) -> torch.device:
-        from ..influence.engine import _input_device
-
-        return _input_device(self.model)
+        return input_device(self.model)
 
     @staticmethod
     def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype]:
-        hook = getattr(block, "_hf_hook", None)
-        device = getattr(hook, "execution_device", None)
+        device = execution_device(block)
         param = next((p for p in block.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
         if device is None:
             device = param.device if param is not None and param.device.type != "meta" else torch.device("cpu")
-        return torch.device(device if not isinstance(device, int) else f"cuda:{device}"), dtype
+        return device, dtype
 
     def _call(self, block: nn.Module, args: tuple, kwargs: dict):
         if self.activation_device is not None or self.activation_dtype is not None:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..models.blocks import TransformerBlocks, find_transformer_blocks, model_dtype, tracked_modules
 from ..models.checks import check_finite_weights, check_quantized_shapes, model_max_length
+from ..models.offload import input_device
 from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
@@ -192,7 +193,7 @@ class InfluenceEngine:
         return self.accelerator.gather_for_metrics(tensors)
 
     def _to_device(self, batch: dict) -> dict:
-        device = _input_device(self.model) if self.accelerator is None else self.accelerator.device
+        device = input_device(self.model) if self.accelerator is None else self.accelerator.device
         return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
     def _batch_grads(self, batch: dict, offset: int, gather: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -399,18 +400,6 @@ class InfluenceEngine:
         for name in ("validation_gradients.safetensors", "validation.json", "losses.safetensors", "progress.json"):
             (path / name).unlink(missing_ok=True)
         acc.cleanup()
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    """Where input ids should go: the input embeddings' execution device (accelerate hook) or weight device."""
-    embeddings = model.get_input_embeddings()
-    hook = getattr(embeddings, "_hf_hook", None)
-    for candidate in ([hook] + list(getattr(hook, "hooks", []))) if hook is not None else []:
-        device = getattr(candidate, "execution_device", None)
-        if device is not None:
-            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
-    device = embeddings.weight.device
-    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _zero_gradient_lora_a(module, block_modules) -> bool:

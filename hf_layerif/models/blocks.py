@@ -99,6 +99,14 @@ def _is_adapter_path(name: str) -> bool:
     return any(part.startswith(ADAPTER_COMPONENT_PREFIXES) for part in name.split("."))
 
 
+def base_linears(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name relative to ``block``, module) of every linear-like layer of the base model inside ``block``: the
+    layers pruning, OWL, PL_Alpha_Hill and sparsity ratios act on. Adapter sub-modules (``lora_*``, ``layerif_*``)
+    are skipped; a LoRA-wrapped layer counts once, through its own weight."""
+    return [(name, module) for name, module in block.named_modules()
+            if is_linear_like(module) and not _is_adapter_path(name)]
+
+
 def _collect_no_split_names(model: nn.Module) -> set[str]:
     names: set[str] = set()
     for module in model.modules():

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..calibration import BlockSequentialRunner, InputStatistics, get_calibration_data
-from ..models.blocks import find_transformer_blocks, is_linear_like
+from ..models.blocks import base_linears, find_transformer_blocks
 from ..models.checks import check_finite_weights, model_max_length
+from ..models.offload import read_weight, write_weight
 from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
 from .config import PruningConfig
@@ -36,40 +37,6 @@ def _describe_source(calibration_dataset, config: PruningConfig) -> str:
     if isinstance(calibration_dataset, (list, tuple)):
         return f"{len(calibration_dataset)} texts given to prune()"
     return str(calibration_dataset)
-
-
-def _prunable(block: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in block.named_modules()
-            if is_linear_like(m) and not any(p.startswith(("lora_", "layerif_")) for p in n.split("."))]
-
-
-def _offload_entry(module: nn.Module):
-    """The tensor that holds an offloaded weight (accelerate's weights map), or None for an in-memory weight."""
-    hook = getattr(module, "_hf_hook", None)
-    for candidate in [hook, *getattr(hook, "hooks", [])] if hook is not None else []:
-        weights_map = getattr(candidate, "weights_map", None)
-        if getattr(candidate, "offload", False) and weights_map is not None:
-            return weights_map["weight"]
-    return None
-
-
-def read_weight(module: nn.Module) -> torch.Tensor:
-    """[out, in] weight (GPT-2 Conv1D transposed), from the offload map when the module is offloaded."""
-    weight = module.weight
-    if weight.device.type == "meta":
-        weight = _offload_entry(module)
-        if weight is None:
-            raise ValueError("the weight is on 'meta' and has no offload map to read from")
-    return weight.detach() if isinstance(module, nn.Linear) else weight.detach().T
-
-
-def write_weight(module: nn.Module, value: torch.Tensor) -> None:
-    value = value if isinstance(module, nn.Linear) else value.T
-    target = _offload_entry(module) if module.weight.device.type == "meta" else module.weight.data
-    if target is None:
-        raise ValueError("the weight is on 'meta' and has no offload map to write to")
-    with torch.no_grad():
-        target.copy_(value.to(device=target.device, dtype=target.dtype))
 
 
 class LayerIFPruner:
@@ -186,7 +153,7 @@ class LayerIFPruner:
                 gram_dtype = torch.float64 if config.method == "sparsegpt" and on_cpu else torch.float32
                 with InputStatistics(block, gram=config.method == "sparsegpt", dtype=gram_dtype) as stats:
                     forward()
-            for name, module in _prunable(block):
+            for name, module in base_linears(block):
                 t0 = time.time()
                 weight = read_weight(module)
                 ratio = ratios[index]
