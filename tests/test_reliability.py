@@ -259,8 +259,14 @@ def test_missing_local_paths_and_offline_defaults_say_what_to_do(monkeypatch, tm
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConnectionError, match="Offline, use local files instead: --calibration"):
         get_calibration_data(None, "c4", 2, 8)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="c4.jsonl: no such file"):  # one loader, one message
         get_calibration_data(None, str(tmp_path / "c4.jsonl"), 2, 8)
+    from hf_layerif.evaluation.perplexity import load_wikitext2_test
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_wikitext2_test(str(tmp_path / "test.jsonl"))
+    with pytest.raises(ConnectionError, match="Offline, use local files instead: --wikitext2"):
+        load_wikitext2_test()
 
 
 def test_compare_allocations_refuses_mixed_kinds():

@@ -8,36 +8,21 @@ is longer than ``seqlen`` and a random window inside it. The length is never der
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
+
+from ..data.loading import load_texts
 
 C4_HUB_ID = "allenai/c4"
 C4_FIRST_SHARD = "en/c4-train.00000-of-01024.json.gz"
 
 
 def _load_texts(source) -> list[str]:
-    if isinstance(source, (list, tuple)):
-        return [str(t) for t in source]
-    path = Path(str(source))
-    if path.exists():
-        from ..data.loading import load_any_dataset
-
-        ds = load_any_dataset(str(path))
-        column = "text" if "text" in ds.column_names else ds.column_names[0]
-        return [str(t) for t in ds[column]]
-    from ..data.loading import _looks_local, load_hub_dataset
-
-    if _looks_local(str(source)):
-        raise FileNotFoundError(f"calibration file {source} does not exist.")
     offline = ("--calibration (calibration= in PruningConfig) set to a local json/jsonl/txt file with a 'text' "
                "column, e.g. the first C4 shard's documents as jsonl")
-    if source in ("c4", C4_HUB_ID):
-        ds = load_hub_dataset(C4_HUB_ID, data_files={"train": C4_FIRST_SHARD}, split="train", local_option=offline)
-    else:
-        name, _, config = str(source).partition(":")
-        ds = load_hub_dataset(name, config or None, split="train", local_option=offline)
-    return [str(t) for t in ds["text"]]
+    if source in ("c4", C4_HUB_ID):  # the papers' draw: the first shard of C4's English training split
+        return load_texts(C4_HUB_ID, local_option=offline, data_files={"train": C4_FIRST_SHARD})
+    return load_texts(source, local_option=offline)
 
 
 def get_calibration_data(tokenizer, source="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,

@@ -8,7 +8,7 @@ from pathlib import Path
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt")
 
 
-def _looks_local(spec: str) -> bool:
+def looks_local(spec: str) -> bool:
     """A spec written as a path (a known file suffix, or a leading ./ ../ / ~) is never sent to the Hub."""
     return spec.lower().endswith(LOCAL_SUFFIXES) or spec.startswith(("./", "../", "/", "~", ".\\"))
 
@@ -57,7 +57,7 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
     import datasets
 
     path = Path(spec).expanduser()
-    if not path.exists() and _looks_local(spec):
+    if not path.exists() and looks_local(spec):
         raise FileNotFoundError(f"{spec}: no such file or folder (a local path, so the Hub was not asked).")
     if path.is_file():
         suffix = path.suffix.lower()
@@ -91,3 +91,19 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
     if len(ds) == 0:
         raise ValueError(f"{spec} ({split}) has no samples.")
     return ds
+
+
+def load_texts(source, *, local_option: str, split: str = "train", column: str = "text", **hub_kwargs) -> list[str]:
+    """A list of texts from ``source``: a list of strings (kept), a local file or ``save_to_disk`` folder (see
+    :func:`load_any_dataset`; column ``column``, else the first column), or a Hub id ``"name"`` /
+    ``"name:config"`` loaded with ``hub_kwargs`` (split ``split``). A path that does not exist is reported as a
+    missing file; an unreachable Hub names ``local_option``, the local replacement."""
+    if isinstance(source, (list, tuple)):
+        return [str(t) for t in source]
+    spec = str(source)
+    if Path(spec).expanduser().exists() or looks_local(spec):
+        ds = load_any_dataset(spec, split=split)
+    else:
+        name, _, config = spec.partition(":")
+        ds = load_hub_dataset(name, config or None, split=split, local_option=local_option, **hub_kwargs)
+    return [str(t) for t in ds[column if column in ds.column_names else ds.column_names[0]]]

@@ -8,23 +8,19 @@ from pathlib import Path
 
 import torch
 
+from ..data.loading import load_texts
+
 
 def load_wikitext2_test(source: str | None = None) -> str:
-    """WikiText-2-raw test text joined with ``"\\n\\n"``: from a local jsonl (``{"text": ...}`` rows), a text file
-    (already joined), or the Hub (``wikitext``, ``wikitext-2-raw-v1``)."""
+    """WikiText-2-raw test text joined with ``"\\n\\n"``: from a local ``.txt`` file (already joined, read as is),
+    another local file with a ``text`` column (``.jsonl`` rows ``{"text": ...}``, ...), or the Hub
+    (``wikitext``, ``wikitext-2-raw-v1``)."""
     if source is not None and not Path(source).exists():
         raise FileNotFoundError(f"WikiText-2 file {source} does not exist.")
-    if source is not None:
-        path = Path(source)
-        if path.suffix == ".jsonl":
-            import json
-
-            return "\n\n".join(json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line)
-        return path.read_text(encoding="utf-8")
-    from ..data.loading import load_hub_dataset
-
-    rows = load_hub_dataset("wikitext", "wikitext-2-raw-v1", split="test",
-                            local_option="--wikitext2 path/to/test.jsonl (rows {'text': ...}) or the joined test text")["text"]
+    if source is not None and Path(source).suffix.lower() == ".txt":
+        return Path(source).read_text(encoding="utf-8")
+    rows = load_texts(source or "wikitext:wikitext-2-raw-v1", split="train" if source else "test",
+                      local_option="--wikitext2 path/to/test.jsonl (rows {'text': ...}) or the joined test text")
     return "\n\n".join(rows)
 
 
