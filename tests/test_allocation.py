@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import STORIES260K, require_shared
+from conftest import STORIES260K, require_shared, tiny_llama
 
 from hf_layerif.allocation import allocate_experts, allocate_sparsity, block_alpha_hill, mola_pattern, pl_alpha_hill
 
@@ -154,3 +154,52 @@ def test_reverse_direction_is_a_mirror():
     backward = allocate_sparsity(q, 0.5, smooth=False, reverse=True)
     np.testing.assert_allclose(backward, ref_sparsity([4.0, 1.0, 3.0, 2.0], 0.5, 0.3, [1] * 4, False), rtol=1e-12)
     assert int(np.argmax(forward)) == 1 and int(np.argmin(backward)) == 1
+
+
+def test_allocation_methods_come_from_one_registry_with_their_own_options():
+    from hf_layerif.allocation import expert_allocation, sparsity_allocation
+    from hf_layerif.allocation.methods import ALLOCATION_METHODS, allocation_method, register_allocation_method
+
+    assert {"layerif", "uniform", "alphalora", "2468"} <= set(ALLOCATION_METHODS["experts"])
+    assert set(ALLOCATION_METHODS["sparsity"]) >= {"layerif", "uniform", "alphapruning", "owl"}
+    with pytest.raises(ValueError, match="unknown sparsity allocation method 'nope'; use one of alphapruning"):
+        allocate_sparsity([1.0, 2.0], 0.5, method="nope")
+    with pytest.raises(ValueError, match="needs outlier_ratios="):
+        allocate_sparsity(None, 0.5, method="owl", num_blocks=3)
+
+    @register_allocation_method("sparsity", "first-heavy", options={"tilt": 0.1}, description="test method")
+    def first_heavy(values, target, params, *, tilt):
+        ratios = np.full(len(params), target)
+        ratios[0] += tilt
+        ratios[1:] -= tilt * params[0] / params[1:].sum()
+        return ratios.tolist()
+
+    try:
+        got = allocate_sparsity(None, 0.5, method="first-heavy", params_per_block=[1.0, 1.0, 2.0])
+        assert got == pytest.approx([0.6, 0.5 - 0.1 / 3, 0.5 - 0.1 / 3])
+        assert allocation_method("sparsity", "first-heavy").resolve_options({"epsilon": 0.2, "tilt": None}) == {"tilt": 0.1}
+    finally:
+        del ALLOCATION_METHODS["sparsity"]["first-heavy"]
+
+    # provenance records the options the method used, nothing else
+    model = tiny_llama(layers=4)
+    owl = sparsity_allocation(None, 0.5, model=model, method="owl", outlier_ratios=[0.1, 0.2, 0.3, 0.4], owl_m=3.0)
+    assert "epsilon" not in owl.hyperparameters and owl.hyperparameters["owl_m"] == 3.0
+    assert owl.hyperparameters["owl_lambda"] == pytest.approx(0.08)
+    uniform = sparsity_allocation(None, 0.5, model=model, method="uniform")
+    assert set(uniform.hyperparameters) == {"target_sparsity", "mapping"} and uniform.scores is None
+    layerif = sparsity_allocation([1.0, 2.0, 3.0, 4.0], 0.5, model=model, epsilon=0.2)
+    assert layerif.hyperparameters["epsilon"] == 0.2 and layerif.hyperparameters["smooth"] is True
+    alpha = expert_allocation(None, 12, model=model, method="alphalora", alpha_hill=[2.0, 3.0, 4.0, 5.0])
+    assert alpha.hyperparameters["exponent"] == 2.5 and "alpha" not in alpha.hyperparameters
+    assert alpha.scores == [2.0, 3.0, 4.0, 5.0]  # the input it used, not LayerIF scores
+
+
+def test_allocate_cli_rejects_an_unknown_baseline_before_reading_anything(capsys):
+    from hf_layerif.cli.main import main
+
+    with pytest.raises(SystemExit, match="--baseline: unknown sparsity allocation method 'owl2'; use one of"):
+        main(["allocate", "sparsity", "--scores", "missing-folder", "--baseline", "owl2", "--sparsity", "0.5"])
+    with pytest.raises(SystemExit):
+        main(["allocate", "sparsity", "--help"])
+    assert "owl: OWL" in capsys.readouterr().out

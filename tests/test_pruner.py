@@ -190,3 +190,30 @@ def test_pruning_report_round_trips(tmp_path):
     again = PruningReport.from_pretrained(tmp_path)
     assert again.to_dict() == report.to_dict()
     assert again.global_sparsity()["achieved"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_a_registered_pruning_method_is_used_by_name_with_its_statistics():
+    from hf_layerif.pruning.methods import PRUNING_METHODS, register_pruning_method
+
+    seen = {}
+
+    @register_pruning_method("first-columns", statistics="column_norms", description="test: zero the first columns")
+    def first_columns(weight, norms, ratio, config):
+        seen.setdefault("norms_shape", (norms.shape, weight.shape[1]))
+        k = round(ratio * weight.shape[1])
+        mask = torch.zeros_like(weight, dtype=torch.bool)
+        mask[:, :k] = True
+        return weight.masked_fill(mask, 0), mask, {"k": k}
+
+    try:
+        model = tiny_llama(layers=2)
+        report = LayerIFPruner(model).prune(PruningConfig(method="first-columns", sparsity=0.5), _calib(), progress=False)
+        assert report.method == "first-columns" and seen["norms_shape"][0] == (seen["norms_shape"][1],)
+        for _, linear in _linears(model):
+            k = linear.in_features // 2
+            assert bool((linear.weight[:, :k] == 0).all()) and bool((linear.weight[:, k:] != 0).all())
+        assert report.global_sparsity()["achieved"] == pytest.approx(0.5)
+    finally:
+        del PRUNING_METHODS["first-columns"]
+    with pytest.raises(ValueError, match="method='first-columns'; choose one of magnitude, sparsegpt, wanda"):
+        PruningConfig(method="first-columns")

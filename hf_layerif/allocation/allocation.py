@@ -24,6 +24,7 @@ from ..models.blocks import base_linears, find_transformer_blocks
 from ..utils.io import display_name, read_versioned_json, save_figure, write_json
 from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
+from .methods import allocation_method
 from .owl import OWL_LAMBDA, OWL_M
 from .sparsity import allocate_sparsity
 
@@ -257,11 +258,14 @@ def expert_allocation(scores=None, total_experts: int | None = None, *, model: n
     description = _description(model, scores)
     values = allocate_experts(scores, total_experts, alpha, method, num_blocks=description["num_blocks"],
                               alpha_hill=alpha_hill, reverse=reverse)
-    used, provenance = _scores_and_provenance(alpha_hill if method == "alphalora" else scores)
-    hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts, "alpha": alpha,
-             "direction": "reversed" if reverse else "more experts for larger scores"}
+    chosen = allocation_method("experts", method)
+    used, provenance = _scores_and_provenance({"scores": scores, "alpha_hill": alpha_hill}.get(chosen.source))
+    hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts,
+             **chosen.resolve_options({"alpha": alpha, "reverse": reverse})}
     if method == "alphalora":
-        hyper["alpha"] = ALPHALORA_EXPONENT
+        hyper["exponent"] = ALPHALORA_EXPONENT
+    if "reverse" in hyper:
+        hyper["direction"] = "reversed" if hyper.pop("reverse") else "more experts for larger scores"
     return Allocation("experts", [int(v) for v in values], method, hyper, description, used, provenance)
 
 
@@ -278,14 +282,18 @@ def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.
     values = allocate_sparsity(scores, target_sparsity, epsilon, smooth, params, method, description["num_blocks"],
                                alpha_hill=alpha_hill, outlier_ratios=outlier_ratios, owl_lambda=owl_lambda,
                                reverse=reverse)
-    source = {"alphapruning": alpha_hill, "owl": outlier_ratios}.get(method, scores)
-    used, provenance = _scores_and_provenance(source)
+    chosen = allocation_method("sparsity", method)
+    used, provenance = _scores_and_provenance(
+        {"scores": scores, "alpha_hill": alpha_hill, "outlier_ratios": outlier_ratios}.get(chosen.source))
     achieved = float(np.dot(values, params) / np.sum(params))
-    hyper = {"target_sparsity": target_sparsity, "epsilon": epsilon, "mapping": "block-wise",
-             "direction": "reversed" if reverse else "more sparsity for larger scores",
-             "smooth": (method == "layerif") if smooth is None else smooth}
+    # the options this method used, nothing else (OWL records no epsilon; uniform records only the target)
+    hyper = {"target_sparsity": target_sparsity, "mapping": "block-wise",
+             **chosen.resolve_options({"epsilon": epsilon, "smooth": smooth, "reverse": reverse,
+                                       "owl_lambda": owl_lambda})}
+    if "reverse" in hyper:
+        hyper["direction"] = "reversed" if hyper.pop("reverse") else "more sparsity for larger scores"
     if method == "owl":
-        hyper.update({"owl_lambda": owl_lambda, "owl_m": owl_m})  # M: the threshold the outlier ratios used
+        hyper["owl_m"] = owl_m  # M: the threshold the outlier ratios were computed with
     return Allocation("sparsity", values, method, hyper, description, used, provenance, achieved_sparsity=achieved)
 
 

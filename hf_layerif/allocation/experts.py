@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.logging import get_logger
-from .score_vectors import as_score_vector, mirror, shift_negative
+from .methods import AllocationMethod, allocation_method, register_allocation_method
+from .score_vectors import as_score_vector, mirror, shift_negative, source_values
 
 logger = get_logger(__name__)
 
@@ -62,6 +63,47 @@ def mola_pattern(pattern: str, num_blocks: int) -> list[int]:
     return [numbers[min(i // size, 3)] for i in range(num_blocks)]
 
 
+@register_allocation_method("experts", "layerif", source="scores", options={"alpha": 1.0, "reverse": False},
+                            description="LayerIF: q_l^alpha by largest remainder (METHOD §4)")
+def layerif_experts(values: np.ndarray, total_experts: int, num_blocks: int, *, alpha: float,
+                    reverse: bool) -> list[int]:
+    values = shift_negative(values)
+    return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, alpha)
+
+
+@register_allocation_method("experts", "uniform", description="the same number of experts in every block")
+def uniform_experts(values: None, total_experts: int, num_blocks: int) -> list[int]:
+    return largest_remainder_allocation(np.zeros(num_blocks), total_experts)
+
+
+@register_allocation_method("experts", "alphalora", source="alpha_hill", options={"reverse": False},
+                            description="AlphaLoRA: block-mean PL_Alpha_Hill^2.5 by largest remainder")
+def alphalora_experts(values: np.ndarray, total_experts: int, num_blocks: int, *, reverse: bool) -> list[int]:
+    return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, ALPHALORA_EXPONENT)
+
+
+def _mola(pattern: str):
+    def allocate(values: None, total_experts: int | None, num_blocks: int) -> list[int]:
+        counts = mola_pattern(pattern, num_blocks)
+        if total_experts is not None and sum(counts) != total_experts:
+            logger.warning("MoLA pattern %s on %d blocks has %d experts, not the requested %d.", pattern, num_blocks,
+                           sum(counts), total_experts)
+        return counts
+
+    return allocate
+
+
+for _pattern, _numbers in MOLA_PATTERNS.items():
+    register_allocation_method("experts", _pattern, fixed_total=True,
+                               description=f"MoLA: {'/'.join(map(str, _numbers))} experts in the 4 block quarters")(
+        _mola(_pattern))
+
+
+def custom_mola_method(pattern: str) -> AllocationMethod:
+    """A MoLA pattern given as ``"a,b,c,d"`` (validated when it is used)."""
+    return AllocationMethod(pattern, "experts", _mola(pattern), None, {}, f"MoLA pattern {pattern}", fixed_total=True)
+
+
 def allocate_experts(scores=None, total_experts: int | None = None, alpha: float = 1.0, method: str = "layerif",
                      num_blocks: int | None = None, alpha_hill=None, reverse: bool = False) -> list[int]:
     """Experts per block.
@@ -71,35 +113,22 @@ def allocate_experts(scores=None, total_experts: int | None = None, alpha: float
             scores are shifted to a minimum of 0 with a warning.
         total_experts: T ≥ number of blocks.
         alpha: exponent of the power transform.
-        method: ``"layerif"``, ``"uniform"``, a MoLA pattern (``"2468"``, ``"5555"``, ``"8642"``, ``"1234"``,
-            ``"46810"``; its total is fixed by the pattern — 160 for "2468" on 32 blocks — and a differing
-            ``total_experts`` is reported in the log), or ``"alphalora"`` (the same allocator on block-mean
-            PL_Alpha_Hill values ``alpha_hill`` with exponent 2.5; ``alpha`` is ignored).
+        method: a registered expert method (``ALLOCATION_METHODS["experts"]``): ``"layerif"``, ``"uniform"``, a
+            MoLA pattern (``"2468"``, ``"5555"``, ``"8642"``, ``"1234"``, ``"46810"`` or ``"a,b,c,d"``; its total
+            is fixed by the pattern — 160 for "2468" on 32 blocks — and a differing ``total_experts`` is reported in
+            the log), or ``"alphalora"`` (the same allocator on block-mean PL_Alpha_Hill values ``alpha_hill`` with
+            exponent 2.5; ``alpha`` is ignored).
         num_blocks: the model's block count (checked against the scores; needed for ``uniform``/MoLA without scores).
         reverse: the opposite direction (METHOD §3 keeps it an option): a *smaller* score gets more experts. Scores
             are mirrored within their range (q ↦ max q + min q − q) before the power transform.
     """
-    if method in MOLA_PATTERNS or (isinstance(method, str) and method.count(",") == 3):
-        L = num_blocks if num_blocks is not None else as_score_vector(scores).size
-        counts = mola_pattern(method, L)
-        if total_experts is not None and sum(counts) != total_experts:
-            logger.warning("MoLA pattern %s on %d blocks has %d experts, not the requested %d.", method, L,
-                           sum(counts), total_experts)
-        return counts
-    if total_experts is None:
+    chosen = allocation_method("experts", method)
+    if total_experts is None and not chosen.fixed_total:
         raise ValueError("total_experts is required.")
-    if method == "uniform":
-        L = num_blocks if num_blocks is not None else as_score_vector(scores).size
-        return largest_remainder_allocation(np.zeros(L), total_experts)
-    if method == "alphalora":
-        if alpha_hill is None:
-            raise ValueError("method='alphalora' needs alpha_hill= (block means of PL_Alpha_Hill, see block_alpha_hill).")
-        values = as_score_vector(alpha_hill, num_blocks, "alpha_hill")
-        return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, ALPHALORA_EXPONENT)
-    if method != "layerif":
-        raise ValueError(f"unknown method {method!r}; use 'layerif', 'uniform', 'alphalora' or a MoLA pattern.")
-    values = shift_negative(as_score_vector(scores, num_blocks))
-    return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, alpha)
+    values = source_values(chosen, num_blocks, scores=scores, alpha_hill=alpha_hill)
+    L = values.size if values is not None else num_blocks if num_blocks is not None else as_score_vector(scores).size
+    options = chosen.resolve_options({"alpha": alpha, "reverse": reverse})
+    return chosen.function(values, total_experts, L, **options)
 
 
 __all__ = ["allocate_experts", "largest_remainder_allocation", "mola_pattern", "MOLA_PATTERNS"]

@@ -42,3 +42,25 @@ def shift_negative(values: np.ndarray, name: str = "scores") -> np.ndarray:
 def mirror(values: np.ndarray) -> np.ndarray:
     """The reversed direction: v ↦ max(v) + min(v) − v (the order flips, the range is kept)."""
     return values.max() + values.min() - values
+
+
+SOURCE_HELP = {
+    "scores": "scores= (LayerIF block scores, e.g. a LayerInfluenceScores)",
+    "alpha_hill": "alpha_hill= (block means of PL_Alpha_Hill: block_alpha_hill(model))",
+    "outlier_ratios": "outlier_ratios= (layerwise_outlier_distribution(model, calibration_ids))",
+}
+
+
+def source_values(method, num_blocks: int | None, **given) -> np.ndarray | None:
+    """The per-block input ``method`` reads (``method.source`` among ``given``) as a checked float64 vector [L];
+    None for a method without a source.
+
+    Raises:
+        ValueError: the input is missing (naming the keyword and how to compute it), or not a valid score vector.
+    """
+    if method.source is None:
+        return None
+    value = given.get(method.source)
+    if value is None:
+        raise ValueError(f"method={method.name!r} needs {SOURCE_HELP[method.source]}.")
+    return as_score_vector(value, num_blocks, method.source if method.source != "scores" else "scores")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .methods import allocation_method, register_allocation_method
 from .owl import OWL_LAMBDA
-from .score_vectors import as_score_vector
+from .score_vectors import as_score_vector, source_values
 
 MAX_RATIO = 0.99
 SAVGOL_WINDOW = 7
@@ -72,6 +73,36 @@ def map_scores_to_ratios(values, target_sparsity: float, epsilon: float, params_
     return rebalance_to_budget(r, params, target_sparsity)
 
 
+@register_allocation_method("sparsity", "layerif", source="scores",
+                            options={"epsilon": 0.3, "smooth": True, "reverse": False},
+                            description="LayerIF: |q| → min-max → Savitzky-Golay → [S(1-ε), S(1+ε)] → budget (METHOD §5)")
+def layerif_sparsity(values: np.ndarray, target_sparsity: float, params_per_block: np.ndarray, *, epsilon: float,
+                     smooth: bool, reverse: bool) -> list[float]:
+    return map_scores_to_ratios(values, target_sparsity, epsilon, params_per_block, smooth, reverse).tolist()
+
+
+@register_allocation_method("sparsity", "alphapruning", source="alpha_hill",
+                            options={"epsilon": 0.3, "smooth": False, "reverse": False},
+                            description="AlphaPruning: block-mean PL_Alpha_Hill through the same linear map")
+def alphapruning_sparsity(values: np.ndarray, target_sparsity: float, params_per_block: np.ndarray, *,
+                          epsilon: float, smooth: bool, reverse: bool) -> list[float]:
+    return map_scores_to_ratios(values, target_sparsity, epsilon, params_per_block, smooth, reverse).tolist()
+
+
+@register_allocation_method("sparsity", "owl", source="outlier_ratios", options={"owl_lambda": OWL_LAMBDA},
+                            description="OWL: 1 - LOD spread over [S-λ, S+λ] (outlier-weighted)")
+def owl_sparsity(values: np.ndarray, target_sparsity: float, params_per_block: np.ndarray, *,
+                 owl_lambda: float) -> list[float]:
+    from .owl import owl_ratios
+
+    return owl_ratios(values, target_sparsity, owl_lambda)
+
+
+@register_allocation_method("sparsity", "uniform", description="the target sparsity in every block")
+def uniform_sparsity(values: None, target_sparsity: float, params_per_block: np.ndarray) -> list[float]:
+    return [float(target_sparsity)] * len(params_per_block)
+
+
 def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float = 0.3, smooth: bool | None = None,
                       params_per_block=None, method: str = "layerif", num_blocks: int | None = None,
                       alpha_hill=None, outlier_ratios=None, owl_lambda: float = OWL_LAMBDA, reverse: bool = False) -> list[float]:
@@ -83,9 +114,11 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         epsilon: half-width ε ∈ [0, 1) of the ratio band [S(1−ε), S(1+ε)] before the budget rescale.
         smooth: Savitzky–Golay smoothing (window 7, order 3); default on for ``layerif``, off for baselines.
         params_per_block: prunable parameters P_l of each block (default: equal).
-        method: ``"layerif"``, ``"uniform"`` (r_l = S), ``"alphapruning"`` (block-mean PL_Alpha_Hill values
-            ``alpha_hill`` through the same map, no smoothing) or ``"owl"`` (``outlier_ratios`` = LOD per block
-            from :func:`hf_layerif.allocation.owl.layerwise_outlier_distribution`, spread ``owl_lambda``).
+        method: a registered sparsity method (``ALLOCATION_METHODS["sparsity"]``): ``"layerif"``, ``"uniform"``
+            (r_l = S), ``"alphapruning"`` (block-mean PL_Alpha_Hill values ``alpha_hill`` through the same map, no
+            smoothing) or ``"owl"`` (``outlier_ratios`` = LOD per block from
+            :func:`hf_layerif.allocation.owl.layerwise_outlier_distribution`, spread ``owl_lambda``). Each method
+            uses only its own options (``epsilon``/``smooth``/``reverse`` for the linear map, ``owl_lambda`` for OWL).
         reverse: the opposite direction (METHOD §3 keeps it an option): a larger |score| gets a *smaller* ratio
             (the normalised scores are mirrored, a ↦ 1 − a, before smoothing and the linear map).
     Direction: by default a larger score (or PL_Alpha_Hill) gets a larger ratio (METHOD §3).
@@ -94,32 +127,18 @@ def allocate_sparsity(scores=None, target_sparsity: float = 0.5, epsilon: float 
         raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}.")
     if not 0 <= epsilon < 1:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}.")
-    if method == "owl":
-        if outlier_ratios is None:
-            raise ValueError("method='owl' needs outlier_ratios= (layerwise_outlier_distribution(model, calibration_ids)).")
-        from .owl import owl_ratios
-
-        lod = as_score_vector(outlier_ratios, num_blocks, "outlier_ratios")
-        return owl_ratios(lod, target_sparsity, owl_lambda)
-    if method == "alphapruning":
-        if alpha_hill is None:
-            raise ValueError("method='alphapruning' needs alpha_hill= (block means of PL_Alpha_Hill).")
-        values = as_score_vector(alpha_hill, num_blocks, "alpha_hill")
-        smooth = False if smooth is None else smooth
-    elif method in ("layerif", "uniform"):
-        if scores is None and method == "uniform":
-            if num_blocks is None and params_per_block is None:
-                raise ValueError("method='uniform' needs num_blocks= or params_per_block=.")
-            values = np.zeros(num_blocks if num_blocks is not None else len(params_per_block))
-        else:
-            values = as_score_vector(scores, num_blocks)
-        smooth = (method == "layerif") if smooth is None else smooth
+    chosen = allocation_method("sparsity", method)
+    values = source_values(chosen, num_blocks, scores=scores, alpha_hill=alpha_hill, outlier_ratios=outlier_ratios)
+    if values is not None:
+        L = values.size
+    elif num_blocks is not None or params_per_block is not None:
+        L = num_blocks if num_blocks is not None else len(params_per_block)
+    elif scores is not None:
+        L = as_score_vector(scores).size
     else:
-        raise ValueError(f"unknown method {method!r}; use 'layerif', 'uniform', 'alphapruning' or 'owl'.")
-    L = values.size
+        raise ValueError(f"method={method!r} needs num_blocks= or params_per_block=.")
     params = np.ones(L) if params_per_block is None else np.asarray(params_per_block, dtype=np.float64)
     if params.size != L or np.any(params <= 0):
         raise ValueError(f"params_per_block must hold {L} positive counts, got {params.tolist()}.")
-    if method == "uniform":
-        return [float(target_sparsity)] * L
-    return map_scores_to_ratios(values, target_sparsity, epsilon, params, smooth, reverse).tolist()
+    options = chosen.resolve_options({"epsilon": epsilon, "smooth": smooth, "reverse": reverse, "owl_lambda": owl_lambda})
+    return [float(v) for v in chosen.function(values, target_sparsity, params, **options)]

@@ -6,9 +6,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from ..allocation.methods import ALLOCATION_METHODS, allocation_method
 from ..allocation.owl import OWL_LAMBDA, OWL_M
 
 KINDS = ("experts", "sparsity")
+
+
+def _baselines_help(kind: str) -> str:
+    """The registered methods of ``kind`` other than LayerIF, each with its one-line description."""
+    from .. import allocation  # noqa: F401  (registers the built-in methods)
+
+    listed = "; ".join(f"{name}: {method.description}" for name, method in sorted(ALLOCATION_METHODS[kind].items())
+                       if name != "layerif")
+    return f"A baseline instead of LayerIF scores ({listed}{'; or a MoLA pattern a,b,c,d' if kind == 'experts' else ''})."
 
 
 @dataclass
@@ -31,7 +41,7 @@ class ExpertAllocationArguments(AllocateArguments):
 
     total: int | None = field(default=None, metadata={"help": "Total number of experts T (required)."})
     alpha: float = field(default=1.0, metadata={"help": "Exponent of the power transform of the scores."})
-    baseline: str | None = field(default=None, metadata={"help": "uniform, 2468, 5555, 8642, 1234, 46810 (MoLA) or alphalora."})
+    baseline: str | None = field(default=None, metadata={"help": _baselines_help("experts")})
 
 
 @dataclass
@@ -42,7 +52,7 @@ class SparsityAllocationArguments(AllocateArguments):
     sparsity: float | None = field(default=None, metadata={"help": "Global target sparsity S (required)."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width ε: ratios span [S(1-ε), S(1+ε)] before rescaling."})
     no_smooth: bool = field(default=False, metadata={"help": "No Savitzky-Golay smoothing of LayerIF scores."})
-    baseline: str | None = field(default=None, metadata={"help": "uniform, owl or alphapruning."})
+    baseline: str | None = field(default=None, metadata={"help": _baselines_help("sparsity")})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": "owl: spread λ."})
     owl_m: float = field(default=OWL_M, metadata={"help": "owl: outlier threshold M (times the block's mean score)."})
     calibration: str = field(default="c4", metadata={"help": "owl: calibration data: c4 (Hub), a local json/jsonl/txt file "
@@ -93,13 +103,17 @@ def allocate(kind: str, args: AllocateArguments) -> int:
     )
     from ..influence.scores import LayerInfluenceScores
 
+    method = args.baseline or "layerif"
+    try:
+        chosen_method = allocation_method(kind, method)
+    except ValueError as err:
+        raise SystemExit(f"--baseline: {err}") from None
     scores = LayerInfluenceScores.from_pretrained(args.scores) if args.scores else None
     if scores is not None and args.aggregation:
         scores.arguments["aggregation"] = args.aggregation
-    method = args.baseline or "layerif"
-    if method == "layerif" and scores is None:
+    if chosen_method.source == "scores" and scores is None:
         raise SystemExit("pass --scores (a folder from `hf-layerif score`) or a --baseline.")
-    needs_model = method in ("alphalora", "alphapruning", "owl") or scores is None
+    needs_model = chosen_method.source in ("alpha_hill", "outlier_ratios") or scores is None
     model = tokenizer = None
     if needs_model:
         model, tokenizer = _load_model(args)
@@ -107,7 +121,7 @@ def allocate(kind: str, args: AllocateArguments) -> int:
     if kind == "experts":
         if args.total is None:
             raise SystemExit("--total is required for expert allocation.")
-        hill = block_alpha_hill(model, progress=True) if method == "alphalora" else None
+        hill = block_alpha_hill(model, progress=True) if chosen_method.source == "alpha_hill" else None
         chosen = expert_allocation(scores, args.total, model=model, alpha=args.alpha,
                                    method=method, alpha_hill=hill, reverse=args.reverse)
         if method != "layerif" and scores is not None:
@@ -116,9 +130,9 @@ def allocate(kind: str, args: AllocateArguments) -> int:
         if args.sparsity is None:
             raise SystemExit("--sparsity is required for sparsity allocation.")
         extra = {}
-        if method == "alphapruning":
+        if chosen_method.source == "alpha_hill":
             extra["alpha_hill"] = block_alpha_hill(model, progress=True)
-        elif method == "owl":
+        elif chosen_method.source == "outlier_ratios":
             from ..allocation.owl import layerwise_outlier_distribution
             from ..calibration import get_calibration_data
             from ..models.checks import check_sequence_length

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..allocation.owl import OWL_LAMBDA, OWL_M
 from ..utils.io import read_json, write_json
+from .methods import PRUNING_METHODS, pruning_method
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = tuple(PRUNING_METHODS)  # the built-in methods; the registry may hold more
 STRUCTURES = ("unstructured", "2:4", "4:8")
 NAMED_ALLOCATIONS = ("uniform", "owl", "alphapruning")
 PRUNING_CONFIG_FILE = "pruning_config.json"
@@ -59,8 +60,7 @@ class PruningConfig:
     owl_m: float = field(default=OWL_M, metadata={"help": "OWL outlier threshold M."})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}; choose one of {METHODS}.")
+        pruning_method(self.method)  # an unknown name raises, listing the registered methods
         if self.structure not in STRUCTURES:
             raise ValueError(f"structure={self.structure!r}; choose one of {STRUCTURES}.")
         if not 0 < self.sparsity < 1:

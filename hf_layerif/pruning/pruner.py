@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..allocation.methods import ALLOCATION_METHODS, allocation_method
 from ..calibration import BlockSequentialRunner, InputStatistics, get_calibration_data
 from ..models.blocks import base_linears, find_transformer_blocks
 from ..models.checks import check_finite_weights, model_max_length
@@ -22,7 +23,7 @@ from ..models.offload import read_weight, write_weight
 from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
 from .config import PruningConfig
-from .masks import magnitude_mask, sparsegpt_prune, wanda_mask
+from .methods import pruning_method
 from .report import ModuleResult, PruningReport
 
 logger = get_logger(__name__)
@@ -66,13 +67,31 @@ class LayerIFPruner:
     # --- ratios -------------------------------------------------------------------------------------------
     def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None,
                              progress: bool = True) -> list[float]:
+        """Sparsity per block for ``config.allocation``, and ``self.allocation`` (None for uniform).
+
+        ``config.allocation`` may be: None (uniform); the name of a registered sparsity allocation method whose
+        input comes from the model (``"uniform"``, ``"owl"``: outlier ratios on ``calibration_ids``,
+        ``"alphapruning"``: PL_Alpha_Hill); an :class:`~hf_layerif.allocation.Allocation` or a folder/file holding
+        one; or ``LayerInfluenceScores`` (mapped with ``config.epsilon`` / ``config.reverse``).
+        """
         from ..allocation import Allocation, sparsity_allocation
 
         allocation = config.allocation
         if allocation is None or allocation == "uniform":
             self.allocation = None
             return [config.sparsity] * len(self.blocks)
-        if isinstance(allocation, (str, os.PathLike)) and allocation not in ("owl", "alphapruning"):
+        if isinstance(allocation, str) and allocation in ALLOCATION_METHODS["sparsity"]:
+            method = allocation_method("sparsity", allocation)
+            if method.source not in MODEL_SOURCES:
+                raise ValueError(f"allocation={allocation!r} needs {method.source}, which the pruner cannot compute "
+                                 "from the model: pass an Allocation or LayerInfluenceScores instead.")
+            source = MODEL_SOURCES[method.source](self, config, calibration_ids, progress)
+            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method=allocation,
+                                                  epsilon=config.epsilon, reverse=config.reverse,
+                                                  owl_lambda=config.owl_lambda, owl_m=config.owl_m,
+                                                  **{method.source: source})
+            return list(self.allocation.values)
+        if isinstance(allocation, (str, os.PathLike)):
             allocation = Allocation.from_pretrained(allocation)
         if isinstance(allocation, Allocation):
             if allocation.kind != "sparsity":
@@ -88,23 +107,26 @@ class LayerIFPruner:
             self.allocation = sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon,
                                                   reverse=config.reverse)
             return list(self.allocation.values)
-        if allocation == "alphapruning":
-            from ..allocation import block_alpha_hill
-
-            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, epsilon=config.epsilon,
-                                                  method="alphapruning", alpha_hill=block_alpha_hill(self.model),
-                                                  reverse=config.reverse)
-            return list(self.allocation.values)
-        if allocation == "owl":
-            from ..allocation.owl import layerwise_outlier_distribution
-
-            lod = layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
-                                                 progress=progress, **self._runner_kwargs(config))
-            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method="owl",
-                                                  outlier_ratios=lod, owl_lambda=config.owl_lambda, owl_m=config.owl_m)
-            return list(self.allocation.values)
         raise ValueError(f"unsupported allocation {allocation!r}: use None, 'uniform', 'owl', 'alphapruning', an "
                          "Allocation, LayerInfluenceScores or a folder with layerif_allocation.json.")
+
+    def _outlier_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor, progress: bool) -> list[float]:
+        from ..allocation.owl import layerwise_outlier_distribution
+
+        return layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
+                                              progress=progress, **self._runner_kwargs(config))
+
+    def _alpha_hill(self, config: PruningConfig, calibration_ids: torch.Tensor | None, progress: bool) -> list[float]:
+        from ..allocation import block_alpha_hill
+
+        return block_alpha_hill(self.model)
+
+    def needs_calibration(self, config: PruningConfig) -> bool:
+        """True when the method or the allocation reads calibration activations."""
+        if pruning_method(config.method).needs_calibration:
+            return True
+        name = config.allocation if isinstance(config.allocation, str) else None
+        return name in ALLOCATION_METHODS["sparsity"] and allocation_method("sparsity", name).source == "outlier_ratios"
 
     @staticmethod
     def _runner_kwargs(config: PruningConfig) -> dict:
@@ -139,35 +161,27 @@ class LayerIFPruner:
         started = time.time()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        needs_calibration = config.method != "magnitude" or config.allocation == "owl"
-        ids = self.calibration_ids(config, calibration_dataset) if needs_calibration else None
+        method = pruning_method(config.method)
+        ids = self.calibration_ids(config, calibration_dataset) if self.needs_calibration(config) else None
         ratios = self.resolve_block_ratios(config, ids, progress)
         results: list[ModuleResult] = []
 
         def prune_block(index: int, block: nn.Module, forward=None) -> None:
             stats = None
-            if config.method in ("wanda", "sparsegpt"):
+            if method.statistics is not None:
                 # H = Σ x xᵀ: float64 on the CPU (cheap there, exact for tests), float32 on accelerators as the
                 # SparseGPT reference (float64 GEMMs are slow on GPUs)
                 on_cpu = BlockSequentialRunner._block_placement(block)[0].type == "cpu"
-                gram_dtype = torch.float64 if config.method == "sparsegpt" and on_cpu else torch.float32
-                with InputStatistics(block, gram=config.method == "sparsegpt", dtype=gram_dtype) as stats:
+                gram = method.statistics == "gram"
+                with InputStatistics(block, gram=gram, dtype=torch.float64 if gram and on_cpu else torch.float32) as stats:
                     forward()
             for name, module in base_linears(block):
                 t0 = time.time()
                 weight = read_weight(module)
                 ratio = ratios[index]
-                info: dict = {}
-                if config.method == "magnitude":
-                    mask = magnitude_mask(weight, ratio, config.nm)
-                    new = weight.masked_fill(mask, 0)
-                elif config.method == "wanda":
-                    norms = stats.column_norms(name)
-                    mask = wanda_mask(weight, norms, ratio, config.nm)
-                    new = weight.masked_fill(mask.to(weight.device), 0)
-                else:
-                    new, mask, info = sparsegpt_prune(weight.to(stats.grams[name].device), stats.grams[name], ratio,
-                                                      config.nm, config.blocksize, config.percdamp)
+                statistics = (None if stats is None else
+                              stats.grams[name] if method.statistics == "gram" else stats.column_norms(name))
+                new, _, info = method.prune(weight, statistics, ratio, config)
                 write_weight(module, new)
                 achieved = float((new == 0).sum()) / new.numel()
                 results.append(ModuleResult(f"{self.blocks.names[index]}.{name}", index, new.numel(),
@@ -175,7 +189,7 @@ class LayerIFPruner:
                                             achieved, time.time() - t0, info))
 
         with torch.no_grad():
-            if config.method == "magnitude":
+            if not method.needs_calibration:
                 from tqdm.auto import tqdm
 
                 for index, block in enumerate(tqdm(self.blocks.modules, desc="pruning blocks", disable=not progress)):
@@ -238,3 +252,7 @@ class LayerIFPruner:
         self.report.save(path)
         normalize_permissions(path)
         return path
+
+
+# per-block inputs of allocation methods that the pruner computes from the model itself (by allocation source)
+MODEL_SOURCES = {"outlier_ratios": LayerIFPruner._outlier_ratios, "alpha_hill": LayerIFPruner._alpha_hill}
