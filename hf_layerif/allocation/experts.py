@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.logging import get_logger
-from .methods import AllocationMethod, allocation_method, register_allocation_method
+from .methods import NAME_FAMILIES, AllocationMethod, allocation_method, register_allocation_method
 from .score_vectors import as_score_vector, mirror, shift_negative, source_values
 
 logger = get_logger(__name__)
@@ -99,9 +99,14 @@ for _pattern, _numbers in MOLA_PATTERNS.items():
         _mola(_pattern))
 
 
-def custom_mola_method(pattern: str) -> AllocationMethod:
-    """A MoLA pattern given as ``"a,b,c,d"`` (validated when it is used)."""
+def custom_mola_method(pattern: str) -> AllocationMethod | None:
+    """A MoLA pattern given as ``"a,b,c,d"`` (its numbers validated when it is used); None for another name."""
+    if pattern.count(",") != 3:
+        return None
     return AllocationMethod(pattern, "experts", _mola(pattern), None, {}, f"MoLA pattern {pattern}", fixed_total=True)
+
+
+NAME_FAMILIES["experts"].append((custom_mola_method, "a MoLA pattern 'a,b,c,d'"))
 
 
 def allocate_experts(scores=None, total_experts: int | None = None, alpha: float = 1.0, method: str = "layerif",

@@ -51,6 +51,9 @@ class AllocationMethod:
 
 
 ALLOCATION_METHODS: dict[str, dict[str, AllocationMethod]] = {kind: {} for kind in KINDS}
+# families of names built on demand (MoLA's "a,b,c,d" patterns): kind -> [(resolver, how to write a name)];
+# a resolver returns a method for a name it understands, else None
+NAME_FAMILIES: dict[str, list[tuple[Callable[[str], AllocationMethod | None], str]]] = {kind: [] for kind in KINDS}
 
 
 def register_allocation_method(kind: str, name: str, *, source: str | None = None, options: dict[str, Any] | None = None,
@@ -70,7 +73,7 @@ def register_allocation_method(kind: str, name: str, *, source: str | None = Non
 
 
 def allocation_method(kind: str, name: str) -> AllocationMethod:
-    """The registered method ``name`` of ``kind``; a custom MoLA pattern ``"a,b,c,d"`` is accepted for experts.
+    """The registered method ``name`` of ``kind``, or one built by a registered name family (MoLA ``"a,b,c,d"``).
 
     Raises:
         ValueError: an unknown name, listing the registered ones.
@@ -78,11 +81,11 @@ def allocation_method(kind: str, name: str) -> AllocationMethod:
     methods = ALLOCATION_METHODS[kind]
     if name in methods:
         return methods[name]
-    if kind == "experts" and isinstance(name, str) and name.count(",") == 3:
-        from .experts import custom_mola_method
-
-        return custom_mola_method(name)
-    hint = " or a MoLA pattern 'a,b,c,d'" if kind == "experts" else ""
+    for resolve, _ in NAME_FAMILIES[kind]:
+        method = resolve(name) if isinstance(name, str) else None
+        if method is not None:
+            return method
+    hint = "".join(f" or {how}" for _, how in NAME_FAMILIES[kind])
     raise ValueError(f"unknown {kind} allocation method {name!r}; use one of {', '.join(sorted(methods))}{hint}.")
 
 
@@ -91,4 +94,4 @@ def method_names(kind: str) -> list[str]:
     return sorted(ALLOCATION_METHODS[kind])
 
 
-__all__ = ["ALLOCATION_METHODS", "AllocationMethod", "allocation_method", "method_names", "register_allocation_method"]
+__all__ = ["ALLOCATION_METHODS", "NAME_FAMILIES", "AllocationMethod", "allocation_method", "method_names", "register_allocation_method"]
