@@ -12,9 +12,10 @@ import os
 
 from transformers import Trainer
 
-from .influence.api import run_influence
+from .influence.runner import run_influence
 from .influence.arguments import InfluenceArguments
-from .influence.engine import InfluenceEngine, fingerprint_examples
+from .influence.checkpoint import fingerprint_examples
+from .influence.engine import InfluenceEngine
 from .influence.scores import LayerInfluenceScores
 
 

@@ -216,7 +216,7 @@ def test_fresh_adapter_skips_zero_a_gradients_without_changing_scores(monkeypatc
     assert all(".lora_B." in m.name for ms in engine.capture.tracked for m in ms)
     assert engine.layout.dims().tolist() == [sum(m.numel for m in ms) for ms in engine.tracked]
     skipped = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
-    monkeypatch.setattr(engine_module, "_zero_gradient_lora_a", lambda module, modules: False)
+    monkeypatch.setattr(engine_module, "zero_gradient_lora_a", lambda module, modules: False)
     full = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
     torch.testing.assert_close(skipped.influence, full.influence, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(skipped.damping, full.damping, rtol=1e-12, atol=0)

@@ -8,7 +8,7 @@ import torch
 from conftest import random_samples, tiny_llama, with_lora
 
 from hf_layerif import compute_layer_influence
-from hf_layerif.influence.api import average_draws, draw_seed
+from hf_layerif.influence.protocol import average_draws, draw_seed
 from hf_layerif.influence.fitting import adapter_parameters, redraw_adapter
 from hf_layerif.models.blocks import find_transformer_blocks, tracked_modules
 
@@ -108,7 +108,7 @@ def test_a_figure_just_under_the_threshold_is_not_printed_equal_to_it():
 
 
 def test_resume_reuses_the_fitted_adapter(tmp_path, monkeypatch):
-    from hf_layerif.influence import api, fitting
+    from hf_layerif.influence import fitting, protocol
     from hf_layerif.influence.capture import PerSampleGradientCapture
 
     train, val = random_samples(8, seed=1), random_samples(2, seed=2)
@@ -121,7 +121,7 @@ def test_resume_reuses_the_fitted_adapter(tmp_path, monkeypatch):
         fits["n"] += 1
         return original_fit(*args, **kwargs)
 
-    monkeypatch.setattr(api, "fit_adapter", counting_fit)
+    monkeypatch.setattr(protocol, "fit_adapter", counting_fit)
     original = PerSampleGradientCapture.compute
     calls = {"n": 0}
 

@@ -11,16 +11,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..utils.io import read_json
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+
+CHECKPOINT_DIRNAME = "influence_checkpoint"
+_VALIDATION_FILE, _VALIDATION_META = "validation_gradients.safetensors", "validation.json"
+_LOSSES_FILE, _PROGRESS_FILE = "losses.safetensors", "progress.json"
 
 # arguments that do not change the checkpointed state (how often it is saved)
 _NOT_IN_KEY = ("checkpoint_every",)
+
+
+def fingerprint_examples(examples: Iterable) -> str:
+    """sha256 (16 hex digits) of the token ids/labels of a list of examples, or a datasets fingerprint."""
+    fp = getattr(examples, "_fingerprint", None)
+    if fp:
+        return str(fp)
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps({k: list(v) for k, v in sorted(example.items())}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def fingerprint_parameters(named: list[tuple[str, torch.Tensor]]) -> str:
@@ -151,3 +167,39 @@ class ResumableAccumulator:
 
         names = [entry["file"] for entry in self.spilled] + [self.STATE_FILE, self.STATE_META]
         remove_files_and_folder(self.spill_dir, names)
+
+
+def save_validation_gradients(spill_dir: Path, key: dict, v: list[torch.Tensor]) -> None:
+    """Keep the validation pass (mean gradient per block, [d_l] each) under ``key``."""
+    write_safetensors(spill_dir / _VALIDATION_FILE, {f"block_{l}": t for l, t in enumerate(v)})
+    write_json(spill_dir / _VALIDATION_META, {"key": key})
+
+
+def load_validation_gradients(spill_dir: Path, key: dict, num_blocks: int) -> list[torch.Tensor] | None:
+    """The validation pass saved under ``key``, or None (none saved, or saved under another key)."""
+    if not (spill_dir / _VALIDATION_META).exists() or read_json(spill_dir / _VALIDATION_META).get("key") != key:
+        return None
+    saved = read_safetensors(spill_dir / _VALIDATION_FILE)
+    return [saved[f"block_{l}"] for l in range(num_blocks)]
+
+
+def save_training_progress(accumulator, key: dict, steps_done: int, losses: torch.Tensor) -> None:
+    """Checkpoint the training pass: the accumulator's state, the losses so far [n] and the steps done."""
+    accumulator.save_state(key)
+    write_safetensors(accumulator.spill_dir / _LOSSES_FILE, {"losses": losses})
+    write_json(accumulator.spill_dir / _PROGRESS_FILE, {"steps_done": steps_done})
+
+
+def load_training_progress(spill_dir: Path) -> tuple[int, torch.Tensor]:
+    """(steps done, losses [n]) of a training pass whose accumulator state was just resumed."""
+    return int(read_json(spill_dir / _PROGRESS_FILE)["steps_done"]), read_safetensors(spill_dir / _LOSSES_FILE)["losses"]
+
+
+def remove_checkpoint_files(accumulator) -> None:
+    """Remove one process's checkpoint files (validation pass, progress, the accumulator's spilled gradients and
+    state) after the final result was saved."""
+    if accumulator is None or accumulator.spill_dir is None:
+        return
+    for name in (_VALIDATION_FILE, _VALIDATION_META, _LOSSES_FILE, _PROGRESS_FILE):
+        (accumulator.spill_dir / name).unlink(missing_ok=True)
+    accumulator.cleanup()

@@ -19,13 +19,12 @@ and for the Gram route K on the CPU (G × n² values). :meth:`InfluenceEngine.me
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,29 +33,33 @@ from tqdm.auto import tqdm
 from ..models.blocks import TransformerBlocks, find_transformer_blocks, model_dtype, tracked_modules
 from ..models.checks import check_finite_weights, check_quantized_shapes, model_max_length
 from ..models.offload import input_device
-from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
 from .capture import KroneckerProjector, PerSampleGradientCapture
+from .checkpoint import (
+    load_training_progress,
+    load_validation_gradients,
+    save_training_progress,
+    save_validation_gradients,
+)
 from .estimators import ESTIMATORS, estimate_influence
+from .fitting import zero_gradient_lora_a
 from .gram import GramAccumulator, GroupLayout
 from .streaming import StreamingStatistics
 
 logger = get_logger(__name__)
 
-CHECKPOINT_DIRNAME = "influence_checkpoint"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-def fingerprint_examples(examples: Iterable) -> str:
-    """sha256 (16 hex digits) of the token ids/labels of a list of examples, or a datasets fingerprint."""
-    fp = getattr(examples, "_fingerprint", None)
-    if fp:
-        return str(fp)
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps({k: list(v) for k, v in sorted(example.items())}, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+class EngineResult(NamedTuple):
+    """What :meth:`InfluenceEngine.run` returns."""
+
+    influence: torch.Tensor  # [L, n] float64
+    damping: torch.Tensor  # [groups]
+    settings: dict
+    losses: torch.Tensor  # [n] float64, per-sample training loss
+    accumulator: StreamingStatistics | GramAccumulator
 
 
 class InfluenceEngine:
@@ -108,7 +111,7 @@ class InfluenceEngine:
             # With B = 0 (a fresh adapter) the gradient of A is exactly zero: δ at A's output is scaling · Bᵀ δ_out.
             # Those columns add nothing to a or K; only their parameter count enters the damping, so they are
             # counted but neither formed nor stored (half of the memory and Gram FLOPs of a fresh adapter).
-            captured = [[m for m in modules if not _zero_gradient_lora_a(m, modules)] for modules in self.tracked]
+            captured = [[m for m in modules if not zero_gradient_lora_a(m, modules)] for modules in self.tracked]
             counts = [sum(m.numel for m in modules) for modules in self.tracked]
         self.capture = PerSampleGradientCapture(self.model, captured, self.compute_dtype, self.projector)
         self.layout = GroupLayout(self.capture.block_bounds(args.granularity), counts)
@@ -294,11 +297,8 @@ class InfluenceEngine:
             acc.reduce = lambda t: self.accelerator.reduce(t, reduction="sum")
         losses = torch.zeros(num_samples, dtype=torch.float64)
         steps_done = 0
-        if spill_dir is not None and resume_key is not None:
-            if acc.try_resume(resume_key):
-                extra = read_json(spill_dir / "progress.json")
-                steps_done = int(extra["steps_done"])
-                losses = read_safetensors(spill_dir / "losses.safetensors")["losses"]
+        if spill_dir is not None and resume_key is not None and acc.try_resume(resume_key):
+            steps_done, losses = load_training_progress(spill_dir)
         every = self.args.checkpoint_every
         batch_losses_list: list[tuple[int, torch.Tensor]] = []
         with self.capture:
@@ -316,19 +316,13 @@ class InfluenceEngine:
                 steps_done = step + 1
                 if resume_key is not None and every and steps_done % every == 0 and acc.rows_done < num_samples:
                     losses = _place_losses(losses, batch_losses_list)
-                    self._save_progress(acc, resume_key, steps_done, losses)
+                    save_training_progress(acc, resume_key, steps_done, losses)
         losses = _place_losses(losses, batch_losses_list)
         self._check_finite("training")
         if resume_key is not None and spill_dir is not None and every:
             # the pass is complete: keep it, so that a failure in a later step loses nothing
-            self._save_progress(acc, resume_key, steps_done, losses)
-        self._accumulator = acc
+            save_training_progress(acc, resume_key, steps_done, losses)
         return acc, losses
-
-    def _save_progress(self, acc, key: dict, steps_done: int, losses: torch.Tensor) -> None:
-        acc.save_state(key)
-        write_safetensors(acc.spill_dir / "losses.safetensors", {"losses": losses})
-        write_json(acc.spill_dir / "progress.json", {"steps_done": steps_done})
 
     def estimate_streaming(self, acc: StreamingStatistics) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """DataInf / TracIn from streamed statistics: (influence [L, n] float64, damping [groups], settings)."""
@@ -351,7 +345,9 @@ class InfluenceEngine:
     def run(self, train_loader: Iterable[dict], eval_loader: Iterable[dict], num_train: int, num_eval: int,
             checkpoint_dir: str | os.PathLike | None = None, resume_key: dict | None = None,
             cache_dir: str | os.PathLike | None = None):
-        """Both passes and the estimator. Returns (influence [L, n] float64, damping, estimator settings, losses)."""
+        """Both passes and the estimator: an :class:`EngineResult` (influence [L, n] float64, damping [groups],
+        estimator settings, per-sample training losses [n], and the accumulator whose checkpoint files
+        :func:`~hf_layerif.influence.checkpoint.remove_checkpoint_files` deletes once the result is saved)."""
         spill_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         plan = self.check_memory(num_train, spill_dir or Path(cache_dir or tempfile.gettempdir()))
         budget = self.args.gradient_memory_gb * 2**30
@@ -365,17 +361,12 @@ class InfluenceEngine:
             logger.info("Per-sample gradients (%.2f GB) exceed gradient_memory_gb; spilling to %s.",
                         plan["stored_gradients"] / 2**30, spill_dir)
         try:
-            v = None
-            if spill_dir is not None and resume_key is not None and (spill_dir / "validation.json").exists():
-                meta = read_json(spill_dir / "validation.json")
-                if meta.get("key") == resume_key:
-                    saved = read_safetensors(spill_dir / "validation_gradients.safetensors")
-                    v = [saved[f"block_{l}"] for l in range(len(self.blocks))]
+            checkpointing = spill_dir is not None and resume_key is not None
+            v = load_validation_gradients(spill_dir, resume_key, len(self.blocks)) if checkpointing else None
             if v is None:
                 v = self.mean_gradient(eval_loader, num_eval)
-                if spill_dir is not None and resume_key is not None:
-                    write_safetensors(spill_dir / "validation_gradients.safetensors", {f"block_{l}": t for l, t in enumerate(v)})
-                    write_json(spill_dir / "validation.json", {"key": resume_key})
+                if checkpointing:
+                    save_validation_gradients(spill_dir, resume_key, v)
             device = v[0].device
             v = [t.to(device) for t in v]
             acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key)
@@ -389,33 +380,7 @@ class InfluenceEngine:
         finally:
             if temp is not None:
                 temp.cleanup()
-        return influence, damping, settings, losses
-
-    def cleanup_checkpoint(self) -> None:
-        """Remove this process's checkpoint files (gradients, state) after the final result was saved."""
-        acc = getattr(self, "_accumulator", None)
-        if acc is None or acc.spill_dir is None:
-            return
-        path = acc.spill_dir
-        for name in ("validation_gradients.safetensors", "validation.json", "losses.safetensors", "progress.json"):
-            (path / name).unlink(missing_ok=True)
-        acc.cleanup()
-
-
-def _zero_gradient_lora_a(module, block_modules) -> bool:
-    """True for a LoRA A module whose paired B weight is all zero (its gradient is then exactly zero)."""
-    if ".lora_A." not in module.name:
-        return False
-    partner = module.name.replace(".lora_A.", ".lora_B.")
-    b = next((m for m in block_modules if m.name == partner), None)
-    return b is not None and not bool(b.module.weight.detach().any())
-
-
-def lora_is_fresh(tracked) -> bool:
-    """True when every tracked LoRA B matrix is zero (an untrained adapter)."""
-    return all(
-        not bool(m.module.weight.detach().any()) for modules in tracked for m in modules if ".lora_B." in m.name
-    )
+        return EngineResult(influence, damping, settings, losses, acc)
 
 
 def _finite_rows(grads: list[torch.Tensor]) -> torch.Tensor:

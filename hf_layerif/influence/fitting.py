@@ -23,6 +23,22 @@ from ..utils.logging import get_logger
 logger = get_logger(__name__)
 
 
+def zero_gradient_lora_a(module, block_modules) -> bool:
+    """True for a LoRA A module whose paired B weight is all zero (its gradient is then exactly zero)."""
+    if ".lora_A." not in module.name:
+        return False
+    partner = module.name.replace(".lora_A.", ".lora_B.")
+    b = next((m for m in block_modules if m.name == partner), None)
+    return b is not None and not bool(b.module.weight.detach().any())
+
+
+def lora_is_fresh(tracked) -> bool:
+    """True when every tracked LoRA B matrix is zero (an untrained adapter)."""
+    return all(
+        not bool(m.module.weight.detach().any()) for modules in tracked for m in modules if ".lora_B." in m.name
+    )
+
+
 def adapter_parameters(tracked) -> list[nn.Parameter]:
     """The LoRA A and B weights of the tracked modules (``target="lora"``), in block order."""
     params = []

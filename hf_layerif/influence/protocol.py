@@ -1,0 +1,136 @@
+"""The scoring protocol: fit the scoring adapter, repeat over adapter draws, average the draws.
+
+LayerIF scores a model whose LoRA adapter is fitted to the task (``fit_steps``); a fresh adapter's ranking depends
+on its random A, so a fresh or fitted adapter is scored over ``repeats`` draws whose influence matrices are
+normalised and averaged. Draw r > 0 uses :func:`draw_seed` (seed + r · 1,000,003).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..utils.io import read_json, read_safetensors, write_json, write_safetensors
+from ..utils.logging import get_logger
+from .engine import InfluenceEngine
+from .fitting import adapter_parameters, fit_adapter, lora_is_fresh, redraw_adapter, restore, snapshot
+from .scores import aggregate_block_scores
+
+logger = get_logger(__name__)
+
+FITTED_ADAPTER_FILE = "fitted_adapter.safetensors"
+FITTED_ADAPTER_META = "fitted_adapter.json"
+
+
+
+
+def average_draws(draws: list[torch.Tensor], aggregation: str, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average the influence matrices [L, n] of several adapter draws, each divided by its mean |I| first (so every
+    draw weighs the same whatever its scale), then multiplied by the mean of those scales (the result keeps the
+    draws' units). Returns (averaged influence [L, n], per-draw block scores [draws, L] of the normalised draws)."""
+    stacked = torch.stack([d.to(torch.float64) for d in draws])
+    scales = stacked.abs().mean(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    normalised = stacked / scales[:, None, None] * scales.mean()
+    per_draw = torch.stack([aggregate_block_scores(d, aggregation, fraction) for d in normalised])
+    return normalised.mean(0), per_draw
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """Seed of adapter draw ``draw`` > 0 of a run with ``seed``: runs with nearby seeds share no draw."""
+    return seed + draw * 1_000_003
+
+
+# padding values of the collated keys when samples of differently padded batches are re-batched
+_PAD_VALUES = {"attention_mask": 0, "labels": -100}
+
+
+def _rebatch(train_loader, size: int):
+    """A factory of the training samples in batches of ``size`` (for a fit with its own batch size). Samples keep
+    their real tokens; each new batch is right-padded to its longest sample (mask 0, label -100)."""
+
+    def batches():
+        rows = [{k: v[i] for k, v in b.items()} for b in train_loader() for i in range(b["input_ids"].shape[0])]
+        out = []
+        for j in range(0, len(rows), size):
+            group = rows[j:j + size]
+            batch = {}
+            for key in group[0]:
+                batch[key] = torch.nn.utils.rnn.pad_sequence([r[key] for r in group], batch_first=True,
+                                                             padding_value=_PAD_VALUES.get(key, 0))
+            out.append(batch)
+        return out
+
+    return batches
+
+
+def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int,
+                        checkpoint_dir: Path | None, resume_key: dict | None, cache_dir) -> tuple:
+    """The scoring protocol around the engine: fit the adapter (``fit_steps``), run the engine, and for a fresh or
+    fitted adapter repeat over ``repeats`` adapter draws and average them (:func:`average_draws`). The model holds
+    draw 0's adapter afterwards (fitted when ``fit_steps`` > 0), whatever happens.
+
+    Returns:
+        (first :class:`~hf_layerif.influence.engine.EngineResult`, influence [L, n] float64 (averaged over draws),
+        per-draw block scores [draws, L] or None, protocol description for the provenance).
+    """
+    args = engine.args
+    model = engine.model
+    accelerator = engine.accelerator
+    fresh = args.target == "lora" and lora_is_fresh(engine.tracked)
+    repeats = args.repeats if args.repeats is not None else (3 if fresh else 1)
+    params = adapter_parameters(engine.tracked)
+    size = args.fit_batch_size or args.batch_size
+    fit_batches = train_loader if size == args.batch_size else _rebatch(train_loader, size)
+
+    def fit(seed: int) -> dict | None:
+        if not args.fit_steps:
+            return None
+        return fit_adapter(model, params, fit_batches, args.fit_steps, args.fit_learning_rate, seed, engine._to_device,
+                           engine.autocast, engine.progress)
+
+    fitted_file = checkpoint_dir / FITTED_ADAPTER_FILE if checkpoint_dir is not None else None
+    original = snapshot(params) if repeats > 1 or args.fit_steps else None
+    keep = original  # what the model holds afterwards: the adapter of draw 0 (fitted when fit_steps > 0)
+    fits = []
+    try:
+        saved_fit = None
+        if args.fit_steps and fitted_file is not None and fitted_file.exists():
+            meta = read_json(checkpoint_dir / FITTED_ADAPTER_META)
+            saved_fit = meta if meta.get("key") == resume_key else None
+        if saved_fit is not None:
+            saved = read_safetensors(fitted_file)
+            restore(params, [saved[f"p{i}"].to(p.device, p.dtype) for i, p in enumerate(params)])
+            fits.append(saved_fit["fit"])
+            logger.info("Loaded the fitted scoring adapter of the checkpoint in %s.", checkpoint_dir)
+        elif args.fit_steps:
+            fits.append(fit(args.seed))
+            if fitted_file is not None and (accelerator is None or accelerator.is_main_process):
+                write_safetensors(fitted_file, {f"p{i}": p for i, p in enumerate(params)})
+                write_json(checkpoint_dir / FITTED_ADAPTER_META, {"key": resume_key, "fit": fits[0]})
+        if original is not None:
+            keep = snapshot(params)
+        engine.configure_capture()
+        first = engine.run(train_loader(), eval_loader(), num_train, num_eval, checkpoint_dir, resume_key, cache_dir)
+        influence = first.influence
+        repeat_scores = None
+        if repeats > 1:
+            draws = [influence]
+            for r in range(1, repeats):
+                redraw_adapter(engine.tracked, draw_seed(args.seed, r))
+                fits.append(fit(draw_seed(args.seed, r)))
+                engine.configure_capture()
+                draws.append(engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir).influence)
+            influence, repeat_scores = average_draws(draws, args.aggregation, args.fraction)
+    finally:
+        if original is not None:
+            restore(params, keep)
+            engine.configure_capture()
+    if fitted_file is not None:
+        fitted_file.unlink(missing_ok=True)
+        (checkpoint_dir / FITTED_ADAPTER_META).unlink(missing_ok=True)
+    protocol = {"adapter": "fitted" if args.fit_steps else ("fresh" if fresh else "trained"), "draws": repeats,
+                "draw_seeds": [args.seed] + [draw_seed(args.seed, r) for r in range(1, repeats)],
+                "normalisation": "each draw divided by its mean |I|, then averaged" if repeats > 1 else None,
+                "fits": fits or None}
+    return first, influence, repeat_scores, protocol

@@ -1,0 +1,124 @@
+"""Running the influence engine into an output folder: one run per folder (a lock), checkpoint and resume,
+the scores assembled with their provenance and saved, the checkpoint removed once they are."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..utils.locking import folder_lock
+from ..utils.logging import get_logger
+from .checkpoint import (
+    CHECKPOINT_DIRNAME,
+    check_resumable,
+    model_weights_fingerprint,
+    remove_checkpoint_files,
+    resume_key,
+)
+from .engine import InfluenceEngine
+from .fitting import lora_is_fresh
+from .protocol import score_with_protocol
+from .provenance import json_safe, library_versions, model_provenance
+from .scores import SCORES_JSON, LayerInfluenceScores
+
+logger = get_logger(__name__)
+
+
+def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int,
+                  data_fingerprint: dict, output_dir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> LayerInfluenceScores:
+    """Run ``engine`` over loaders (factories returning a fresh iterable each call) and assemble the scores.
+
+    Shared by :func:`compute_layer_influence` and :class:`hf_layerif.LayerInfluenceTrainer`: checkpointing
+    into ``output_dir/influence_checkpoint``, repeated adapter initialisations, provenance and saving.
+    """
+    args = engine.args
+    model = engine.model
+    accelerator = engine.accelerator
+    fresh = args.target == "lora" and lora_is_fresh(engine.tracked)
+    if args.target == "lora" and not fresh:
+        if args.fit_steps:
+            raise ValueError("fit_steps fits a fresh adapter, but this adapter is already trained (its B matrices are "
+                             "non-zero). Score it as trained with fit_steps=0, or attach a fresh adapter.")
+        if (args.repeats or 1) > 1:
+            raise ValueError("repeats > 1 re-draws the LoRA initialisation, which would overwrite a trained adapter. "
+                             "Use repeats=1 for a trained adapter, or score a freshly initialised one.")
+    if args.fit_steps and accelerator is not None and accelerator.num_processes > 1:
+        raise ValueError("fit_steps fits the adapter in one process; with several processes train it first "
+                         "(LayerInfluenceTrainer.train()) and score it with fit_steps=0.")
+    checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME if (output_dir is not None and args.checkpoint_every) else None
+    data_fp = data_fingerprint
+    processes = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    key = None
+    if checkpoint_dir is not None:
+        key = resume_key(args, data_fp, model_provenance(model).get("model_id", ""),
+                         model_weights_fingerprint(model, engine.tracked), list(engine.blocks.names),
+                         engine.dims_per_block, processes)
+    with contextlib.ExitStack() as stack:
+        if output_dir is not None:
+            # one run per output folder: a second one would overwrite the first one's checkpoint and spill files
+            stack.enter_context(folder_lock(output_dir, f".hf-layerif-rank{rank}.lock"))
+            if (Path(output_dir) / SCORES_JSON).exists() and (accelerator is None or accelerator.is_main_process):
+                logger.warning("%s holds finished scores; they will be replaced when this run finishes.", output_dir)
+        if checkpoint_dir is not None:
+            own_dir = checkpoint_dir / f"rank{rank}" if processes > 1 else checkpoint_dir
+            steps_done = check_resumable(own_dir, key, num_train, args.batch_size, processes)
+            if steps_done is not None:
+                total = math.ceil(num_train / (args.batch_size * processes))
+                logger.warning("Resuming the influence run in %s from step %d of %d%s.", checkpoint_dir, steps_done, total,
+                               " (validation pass done)" if steps_done == 0 else "")
+        return _run_and_save(engine, train_loader, eval_loader, num_train, num_eval, data_fp, output_dir, cache_dir,
+                             checkpoint_dir, key)
+
+
+def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int, data_fp: dict,
+                  output_dir, cache_dir, checkpoint_dir: Path | None, resume_key: dict | None) -> LayerInfluenceScores:
+    args = engine.args
+    model = engine.model
+    accelerator = engine.accelerator
+    started = time.time()
+    first, influence, repeat_scores, protocol = score_with_protocol(engine, train_loader, eval_loader, num_train,
+                                                                    num_eval, checkpoint_dir, resume_key, cache_dir)
+    damping, est_settings, losses = first.damping, first.settings, first.losses
+    provenance = {
+        "protocol": protocol,
+        "model": model_provenance(model),
+        "data": data_fp,
+        "blocks": {"names": engine.blocks.names, "source": engine.blocks.source, "class": engine.blocks.block_class,
+                   "pattern": engine.blocks.name_pattern(), "tracked_dims": engine.dims_per_block,
+                   "params_per_block": engine.blocks.linear_params_per_block(),
+                   "tracked_modules": [[m.name for m in ms] for ms in engine.tracked]},
+        "versions": library_versions(),
+        "num_processes": 1 if accelerator is None else accelerator.num_processes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+    }
+    scores = LayerInfluenceScores(
+        influence=influence.to(torch.float32),
+        block_names=list(engine.blocks.names),
+        damping=damping,
+        group_to_block=engine.layout.group_to_block().tolist(),
+        arguments=json_safe(args.to_dict()),
+        estimator=json_safe(est_settings),
+        provenance=json_safe(provenance),
+        train_losses=losses.to(torch.float32),
+        repeat_block_scores=repeat_scores,
+    )
+    scores.warn_if_unstable()
+    if output_dir is not None:
+        if accelerator is None or accelerator.is_main_process:
+            scores.save_pretrained(output_dir)
+        if checkpoint_dir is not None:
+            remove_checkpoint_files(first.accumulator)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if checkpoint_dir is not None and (accelerator is None or accelerator.is_main_process):
+            with contextlib.suppress(OSError):
+                checkpoint_dir.rmdir()
+    return scores
