@@ -12,10 +12,10 @@ import os
 
 from transformers import Trainer
 
-from .influence.runner import run_influence
 from .influence.arguments import InfluenceArguments
 from .influence.checkpoint import fingerprint_examples
 from .influence.engine import InfluenceEngine
+from .influence.runner import run_influence
 from .influence.scores import LayerInfluenceScores
 
 

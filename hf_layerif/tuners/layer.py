@@ -21,6 +21,7 @@ whose k/E share of the expert FLOPs then outweighs its gathers. ``benchmarks/moe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,14 @@ from torch import nn
 from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
+
+
+@dataclass
+class TokenContext:
+    """State of the current model call shared by a :class:`~hf_layerif.tuners.model.LayerIFModel` and all its
+    LayerIF layers: the attention mask [batch, seq] (1 real token, 0 padding), or None when the call gave none."""
+
+    mask: torch.Tensor | None = None
 
 
 class LayerIFLayer(BaseTunerLayer):
@@ -51,7 +60,11 @@ class LayerIFLayer(BaseTunerLayer):
         self.layerif_router = nn.ModuleDict()
         self.dispatch: dict[str, str] = {}  # per adapter: "auto", "sparse", "gated" or "dense" (LayerIFConfig.dispatch)
         self.router_z_loss: dict[str, bool] = {}
-        self._token_context: dict | None = None
+        # the model's TokenContext (set by LayerIFModel when it injects or adopts the layer)
+        self.token_context: TokenContext | None = None
+        # per adapter, from the last routed forward: "aux" (load-balancing loss, scalar), "z" (router z-loss,
+        # scalar, None when disabled), "counts" [E] (weighted (token, slot) assignments per expert); tensors on
+        # the layer's device, never synchronised with the host
         self.router_state: dict[str, dict[str, torch.Tensor]] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
@@ -137,8 +150,7 @@ class LayerIFLayer(BaseTunerLayer):
         """[N] float weights (1 real token, 0 padding) from the attention mask of the current model call, if it
         matches this layer's N flattened tokens (shared by :class:`~hf_layerif.tuners.model.LayerIFModel`; no
         host synchronisation)."""
-        context = getattr(self, "_token_context", None)
-        mask = context.get("mask") if context is not None else None
+        mask = self.token_context.mask if self.token_context is not None else None
         if mask is None or mask.numel() != num_tokens:
             return None
         return mask.reshape(-1).to(device=device, dtype=torch.float32)

@@ -14,7 +14,7 @@ from ..models.blocks import find_transformer_blocks
 from ..models.checks import check_quantized_shapes
 from ..utils.logging import get_logger
 from .config import LayerIFConfig
-from .layer import LayerIFLayer, Linear
+from .layer import LayerIFLayer, Linear, TokenContext
 from .peft_type import PREFIX
 
 logger = get_logger(__name__)
@@ -44,22 +44,22 @@ class LayerIFModel(BaseTuner):
         self._warned: set[str] = set()
         self._moe_layers_cache: dict[tuple[str, ...], list[tuple[str, Linear]]] = {}
         self._checked_checkpointing = False
+        # the attention mask of each call, shared with the layers so routing statistics skip padding tokens
+        self.token_context = TokenContext()
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
         # a hook on the wrapped model, so the router loss is added however the PeftModel class calls it
         self._router_loss_hook = self.model.register_forward_hook(self._add_router_loss, with_kwargs=True)
-        # the attention mask of each call, shared with the layers so routing statistics skip padding tokens
-        self._token_context: dict = {"mask": None}
         self._mask_hook = self.model.register_forward_pre_hook(self._remember_mask, with_kwargs=True)
         self._share_token_context()
 
     def _share_token_context(self) -> None:
         for module in self.model.modules():
             if isinstance(module, LayerIFLayer):
-                module._token_context = self._token_context
+                module.token_context = self.token_context
 
     def _remember_mask(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         mask = kwargs.get("attention_mask")
-        self._token_context["mask"] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        self.token_context.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         return None
 
     # --- injection --------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class LayerIFModel(BaseTuner):
             raise TypeError(f"LayerIF adapts linear layers only; {current_key} is a {type(base).__name__}. "
                             "Restrict target_modules to linear projections.")
         new_module = Linear(target, adapter_name, **args)
-        new_module._token_context = getattr(self, "_token_context", None)
+        new_module.token_context = self.token_context
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
