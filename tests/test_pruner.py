@@ -217,3 +217,25 @@ def test_a_registered_pruning_method_is_used_by_name_with_its_statistics():
         del PRUNING_METHODS["first-columns"]
     with pytest.raises(ValueError, match="method='first-columns'; choose one of magnitude, sparsegpt, wanda"):
         PruningConfig(method="first-columns")
+
+
+def test_pruner_from_pretrained_restores_what_save_pretrained_wrote(tmp_path):
+    from hf_layerif.allocation import Allocation
+    from hf_layerif.pruning import PruningReport
+
+    model = tiny_llama(layers=4)
+    allocation = sparsity_allocation([1.0, 3.0, 2.0, 5.0], 0.5, model=model, epsilon=0.2)
+    config = PruningConfig(method="wanda", sparsity=0.5, allocation=allocation)
+    pruner = LayerIFPruner(model)
+    pruner.prune(config, _calib(), progress=False)
+    pruner.save_pretrained(tmp_path)
+    again = LayerIFPruner.from_pretrained(str(tmp_path))
+    assert again.config.method == "wanda" and again.config.allocation == str(tmp_path)
+    assert again.report.to_dict() == PruningReport.from_pretrained(tmp_path).to_dict()
+    assert again.report.global_sparsity() == pytest.approx(pruner.report.global_sparsity())
+    assert again.allocation.to_dict() == Allocation.from_pretrained(tmp_path / "layerif_allocation.json").to_dict()
+    assert again.allocation.values == pytest.approx(allocation.values)
+    # the config's allocation reference resolves: the same ratios come back
+    assert again.resolve_block_ratios(again.config, None, progress=False) == pytest.approx(allocation.values)
+    with pytest.raises(FileNotFoundError, match="no such local folder or file"):
+        PruningConfig.from_pretrained(str(tmp_path / "missing" / "deeper"))

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import base_linears, find_transformer_blocks
-from ..utils.io import display_name, read_versioned_json, save_figure, write_json
+from ..utils.io import display_name, read_versioned_json, save_figure
+from ..utils.pretrained import JsonPretrainedMixin
 from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
 from .methods import allocation_method
@@ -84,7 +85,7 @@ def _description(model, scores) -> dict[str, Any]:
 
 
 @dataclass
-class Allocation:
+class Allocation(JsonPretrainedMixin):
     """Per-block experts (``kind="experts"``, ints ≥ 1) or sparsity ratios (``kind="sparsity"``, in [0, 0.99]).
 
     Attributes:
@@ -147,26 +148,26 @@ class Allocation:
             "created": self.created,
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``layerif_allocation.json`` atomically; returns its path."""
-        path = Path(save_directory) / ALLOCATION_FILE
-        write_json(path, self.to_json_dict())
-        return path
+    FILE_NAME = ALLOCATION_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``layerif_allocation.json`` (same as :meth:`to_json_dict`)."""
+        return self.to_json_dict()
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> Allocation:
-        """Read and validate ``layerif_allocation.json`` from a folder (or the file itself)."""
-        path = Path(directory)
-        if path.is_dir():
-            path = path / ALLOCATION_FILE
-        data = read_versioned_json(path, ALLOCATION_FORMAT, ALLOCATION_FORMAT_VERSION, "Allocation")
+    def read_file(cls, path: Path) -> dict[str, Any]:
+        return read_versioned_json(path, ALLOCATION_FORMAT, ALLOCATION_FORMAT_VERSION, "Allocation")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> Allocation:
+        """Validate ``data`` against the allocation schema and build the allocation."""
         import jsonschema
 
         try:
             jsonschema.validate(data, allocation_schema())
         except jsonschema.ValidationError as err:
             where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-            raise ValueError(f"{path}: invalid allocation at {where}: {err.message}") from None
+            raise ValueError(f"{source or 'allocation'}: invalid allocation at {where}: {err.message}") from None
         return cls(kind=data["kind"], values=list(data["values"]), method=data["method"],
                    hyperparameters=data["hyperparameters"], model=data["model"], scores=data.get("scores"),
                    provenance=data.get("provenance") or {}, achieved_sparsity=data.get("achieved_sparsity"),

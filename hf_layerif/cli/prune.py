@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ class PruneArguments:
 def _resolve_allocation(value):
     from pathlib import Path
 
-    if value in (None, "uniform", "owl", "alphapruning"):
+    from ..allocation.methods import ALLOCATION_METHODS
+
+    if value is None or value in ALLOCATION_METHODS["sparsity"]:
         return value
     path = Path(value)
     if (path / "layerif_scores.json").exists():
@@ -58,8 +61,7 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     from ..pruning import LayerIFPruner, perplexity
     from ..utils.io import write_json
 
-    config.allocation = _resolve_allocation(config.allocation)
-    config.__post_init__()
+    config = dataclasses.replace(config, allocation=_resolve_allocation(config.allocation))  # checked again
     kwargs = {"revision": args.revision, "dtype": "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)}
     if args.device_map:
         kwargs["device_map"] = args.device_map
@@ -81,7 +83,7 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     if not args.no_save:
         pruner.save_pretrained(args.output)
     else:
-        report.save(args.output)
+        report.save_pretrained(args.output)
     print(f"saved to {args.output}")
     results: dict = {"pruning": report.global_sparsity()}
     errors: dict[str, str] = {}

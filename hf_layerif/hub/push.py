@@ -304,13 +304,7 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, api=None, pri
 
 def load_allocation(repo_id_or_path: str | os.PathLike, revision: str | None = None, api=None) -> Allocation:
     """Read ``layerif_allocation.json`` from a local folder/file or a Hub repo (JSON only; nothing executed)."""
-    path = Path(repo_id_or_path)
-    if path.exists():
-        return Allocation.from_pretrained(path)
-    if api is not None:
-        file = api.hf_hub_download(repo_id=str(repo_id_or_path), filename=ALLOCATION_FILE, revision=revision)
-    else:
-        from huggingface_hub import hf_hub_download
-
-        file = hf_hub_download(repo_id=str(repo_id_or_path), filename=ALLOCATION_FILE, revision=revision)
-    return Allocation.from_pretrained(file)
+    if api is not None and not Path(repo_id_or_path).exists():
+        return Allocation.from_pretrained(api.hf_hub_download(repo_id=str(repo_id_or_path), filename=ALLOCATION_FILE,
+                                                              revision=revision))
+    return Allocation.from_pretrained(repo_id_or_path, revision=revision)

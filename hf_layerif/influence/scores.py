@@ -20,6 +20,7 @@ import torch
 
 from ..utils.io import display_name, read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
 from ..utils.logging import get_logger
+from ..utils.pretrained import resolve_file
 from .stability import (
     UNSTABLE_SPEARMAN,
     bootstrap_block_scores,
@@ -242,11 +243,12 @@ class LayerInfluenceScores:
         write_json(path / SCORES_JSON, self.to_json_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> LayerInfluenceScores:
-        """Load scores saved by :meth:`save_pretrained` (JSON + safetensors only; nothing is unpickled)."""
-        path = Path(directory)
-        meta = read_versioned_json(path / SCORES_JSON, SCORES_FORMAT, SCORES_FORMAT_VERSION, "LayerInfluenceScores")
-        tensors = read_safetensors(path / INFLUENCE_FILE)
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, revision: str | None = None) -> LayerInfluenceScores:
+        """Load scores saved by :meth:`save_pretrained` from a local folder or a Hub repo (JSON + safetensors only;
+        nothing is unpickled)."""
+        meta_file = resolve_file(repo_id_or_path, SCORES_JSON, revision)
+        meta = read_versioned_json(meta_file, SCORES_FORMAT, SCORES_FORMAT_VERSION, "LayerInfluenceScores")
+        tensors = read_safetensors(resolve_file(repo_id_or_path, INFLUENCE_FILE, revision))
         repeats = meta.get("repeat_block_scores")
         return cls(
             influence=tensors["influence"],

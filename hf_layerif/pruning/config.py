@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..allocation.allocation import Allocation
 from ..allocation.owl import OWL_LAMBDA, OWL_M
-from ..utils.io import read_json, write_json
+from ..influence.scores import LayerInfluenceScores
+from ..utils.pretrained import JsonPretrainedMixin
 from .methods import PRUNING_METHODS, pruning_method
 
 METHODS = tuple(PRUNING_METHODS)  # the built-in methods; the registry may hold more
@@ -19,7 +20,7 @@ PRUNING_CONFIG_FILE = "pruning_config.json"
 
 
 @dataclass
-class PruningConfig:
+class PruningConfig(JsonPretrainedMixin):
     """Pruning to a global sparsity with per-block ratios (METHOD §5, §7).
 
     Args:
@@ -43,7 +44,9 @@ class PruningConfig:
     method: str = field(default="wanda", metadata={"help": f"One of {METHODS}."})
     sparsity: float = field(default=0.5, metadata={"help": "Global target sparsity."})
     # typed as a string for the command line; Allocation and LayerInfluenceScores objects are accepted too
-    allocation: str | None = field(default=None, metadata={"help": "uniform | owl | alphapruning | a folder with layerif_allocation.json or layerif_scores.json."})
+    # str first, then None: the CLI parses a name or a path; Python callers may pass the objects
+    allocation: str | None | Allocation | LayerInfluenceScores = field(default=None, metadata={
+        "help": "uniform | owl | alphapruning | a folder with layerif_allocation.json or layerif_scores.json."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
     reverse: bool = field(default=False, metadata={"help": "Score-based allocations: larger scores get less sparsity."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
@@ -58,6 +61,8 @@ class PruningConfig:
     percdamp: float = field(default=0.01, metadata={"help": "SparseGPT dampening (fraction of mean diag H)."})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": "OWL spread lambda."})
     owl_m: float = field(default=OWL_M, metadata={"help": "OWL outlier threshold M."})
+
+    FILE_NAME = PRUNING_CONFIG_FILE
 
     def __post_init__(self) -> None:
         pruning_method(self.method)  # an unknown name raises, listing the registered methods
@@ -95,19 +100,14 @@ class PruningConfig:
             "allocation": _describe_allocation(self.allocation)}
         return data
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / PRUNING_CONFIG_FILE
-        write_json(path, self.to_dict())
-        return path
-
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> PruningConfig:
-        path = Path(directory)
-        data = read_json(path / PRUNING_CONFIG_FILE if path.is_dir() else path)
+    def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> PruningConfig:
+        """A config from its JSON. An allocation object that was used is saved next to the config, so it is
+        referred to by the folder (or Hub repo) the config was read from."""
         known = {f.name for f in dataclasses.fields(cls)}
-        allocation = data.get("allocation")
-        if isinstance(allocation, dict):  # an Allocation object was used: it is saved next to the config
-            data["allocation"] = str(Path(directory)) if Path(directory).is_dir() else None
+        data = dict(data)
+        if isinstance(data.get("allocation"), dict):
+            data["allocation"] = str(source.parent) if source is not None else None
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

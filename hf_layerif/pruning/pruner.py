@@ -22,9 +22,9 @@ from ..models.checks import check_finite_weights, model_max_length
 from ..models.offload import read_weight, write_weight
 from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
-from .config import PruningConfig
+from .config import PRUNING_CONFIG_FILE, PruningConfig
 from .methods import pruning_method
-from .report import ModuleResult, PruningReport
+from .report import REPORT_FILE, ModuleResult, PruningReport
 
 logger = get_logger(__name__)
 
@@ -58,11 +58,27 @@ class LayerIFPruner:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **model_kwargs) -> LayerIFPruner:
+        """The model (``AutoModelForCausalLM``) and tokenizer of a local folder or Hub repo. A folder (or repo)
+        written by :meth:`save_pretrained` also restores ``config``, ``report`` and ``allocation``, so a pruned
+        model reloads with what made it (and ``push_to_hub`` / ``save_pretrained`` work again)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..allocation import Allocation
+        from ..allocation.allocation import ALLOCATION_FILE
 
         revision = model_kwargs.get("revision")
         model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **model_kwargs)
-        return cls(model.eval(), AutoTokenizer.from_pretrained(model_id_or_path, revision=revision))
+        local = Path(model_id_or_path).expanduser()
+        has_tokenizer = not local.is_dir() or any((local / name).exists() for name in TOKENIZER_FILES)
+        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, revision=revision) if has_tokenizer else None
+        pruner = cls(model.eval(), tokenizer)  # a folder saved without a tokenizer reloads without one
+        if _has_file(model_id_or_path, PRUNING_CONFIG_FILE, revision):
+            pruner.config = PruningConfig.from_pretrained(model_id_or_path, revision=revision)
+            if _has_file(model_id_or_path, REPORT_FILE, revision):
+                pruner.report = PruningReport.from_pretrained(model_id_or_path, revision=revision)
+            if _has_file(model_id_or_path, ALLOCATION_FILE, revision):
+                pruner.allocation = Allocation.from_pretrained(model_id_or_path, revision=revision)
+        return pruner
 
     # --- ratios -------------------------------------------------------------------------------------------
     def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None,
@@ -249,9 +265,25 @@ class LayerIFPruner:
         if self.allocation is not None:
             self.allocation.save_pretrained(path)
         self.config.save_pretrained(path)
-        self.report.save(path)
+        self.report.save_pretrained(path)
         normalize_permissions(path)
         return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _has_file(repo_id_or_path: str, filename: str, revision: str | None) -> bool:
+    """Whether a local folder or a Hub repo holds ``filename`` (False when the Hub cannot be asked)."""
+    path = Path(repo_id_or_path).expanduser()
+    if path.exists():
+        return (path / filename).is_file()
+    try:
+        from huggingface_hub import file_exists
+
+        return bool(file_exists(str(repo_id_or_path), filename, revision=revision))
+    except (OSError, ValueError):  # offline, or a repo the Hub does not list: the model itself was loaded
+        return False
 
 
 # per-block inputs of allocation methods that the pruner computes from the model itself (by allocation source)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import read_json, write_json
+from ..utils.pretrained import JsonPretrainedMixin
 
 REPORT_FILE = "pruning_report.json"
 _CORE_KEYS = ("method", "structure", "block_names", "block_ratios", "blocks", "global", "modules", "seconds",
@@ -26,7 +25,7 @@ class ModuleResult:
 
 
 @dataclass
-class PruningReport:
+class PruningReport(JsonPretrainedMixin):
     """What a pruning run did. Sparsities are fractions of zero weights (parameter-weighted for blocks/model)."""
 
     method: str
@@ -59,24 +58,12 @@ class PruningReport:
                 "modules": [m.__dict__ for m in self.modules], "seconds": self.seconds,
                 "peak_memory_bytes": self.peak_memory_bytes, **self.extra}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``pruning_report.json`` (atomically) into ``directory``; returns its path."""
-        path = Path(directory) / REPORT_FILE
-        write_json(path, self.to_dict())
-        return path
+    FILE_NAME = REPORT_FILE
 
-    save = save_pretrained  # the name used before save_pretrained / from_pretrained
+    save = JsonPretrainedMixin.save_pretrained  # the name used before save_pretrained / from_pretrained
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> PruningReport:
-        """Read what :meth:`save_pretrained` wrote (a folder or the file itself)."""
-        path = Path(directory)
-        if path.is_dir():
-            path = path / REPORT_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: pass a folder written by PruningReport.save_pretrained() or "
-                                    "LayerIFPruner.save_pretrained().")
-        data = read_json(path)
+    def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> PruningReport:
         return cls(method=data["method"], structure=data["structure"], block_names=list(data["block_names"]),
                    modules=[ModuleResult(**m) for m in data["modules"]], block_ratios=list(data["block_ratios"]),
                    seconds=data.get("seconds", 0.0), peak_memory_bytes=data.get("peak_memory_bytes"),
