@@ -143,8 +143,14 @@ def test_pl_alpha_hill_on_stories260k_is_finite():
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(STORIES260K)
-    values = block_alpha_hill(model)
+    values = block_alpha_hill(model, cache=False)
     assert len(values) == 5 and all(math.isfinite(v) and v > 1 for v in values)
+    # each block's value is the mean of the float64 reference over its linear weights (7 per Llama block)
+    for value, layer in zip(values, model.model.layers):
+        weights = [m.weight for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                                      layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+        expected = sum(ref_alpha_hill(w.detach().double().numpy()) for w in weights) / len(weights)
+        assert value == pytest.approx(expected, rel=1e-6)
 
 
 def test_reverse_direction_is_a_mirror():

@@ -1,5 +1,6 @@
 """Every example runs end to end at a tiny scale (so they cannot rot)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def test_expert_allocation_example(tmp_path):
         "--eval_limit", "8"])
     assert sum(result["experts"]) == 10 and result["n"] == 8
     assert (tmp_path / "adapter" / "adapter_config.json").exists() and (tmp_path / "results.json").exists()
+    # the allocation is the one the saved scores give, and the saved adapter has those experts per block
+    from hf_layerif import LayerIFConfig, LayerInfluenceScores
+    from hf_layerif.allocation import expert_allocation
+
+    scores = LayerInfluenceScores.from_pretrained(tmp_path / "scores")
+    assert scores.provenance["protocol"]["adapter"] == "fitted" and scores.influence.shape == (5, 8)
+    assert result["experts"] == expert_allocation(scores, 10).values
+    assert LayerIFConfig.from_pretrained(tmp_path / "adapter").experts_per_layer == result["experts"]
+    assert json.loads((tmp_path / "results.json").read_text()) == result
+    assert 0 <= result["acc"] <= 1 and (result["acc"] * 8).is_integer()
 
 
 @pytest.mark.parametrize("task,relative", [("mrpc", "glue/MRPC/dev.tsv"), ("cola", "glue/CoLA/raw/in_domain_dev.tsv"),
@@ -62,6 +73,23 @@ def test_sparsity_allocation_example(tmp_path):
         "--eval_limit", "8", "--eval_max_windows", "4", "--dtype", "float32"])
     assert [r["allocation"] for r in rows] == ["uniform", "layerif"]
     assert all(abs(r["achieved"] - 0.5) < 1e-3 and "arc_easy" in r for r in rows)
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == rows
+    # the uniform row is what the pruner and the perplexity function give directly on the same inputs
+    from hf_layerif.calibration import get_calibration_data
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
+
+    wiki = (SHARED_DATA / "text" / "wikitext2_raw" / "wikitext2_raw_test_joined.txt").read_text(encoding="utf-8")
+    dense = AutoModelForCausalLM.from_pretrained(STORIES260K)
+    dense_ppl = perplexity(dense, tokenizer, wiki, seqlen=64, max_windows=4)
+    calibration = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
+    pruner = LayerIFPruner(dense, tokenizer)
+    pruner.prune(PruningConfig(method="wanda", sparsity=0.5, nsamples=4, seqlen=64, calibration=str(calibration)),
+                 get_calibration_data(tokenizer, str(calibration), 4, 64, 0), progress=False)
+    assert rows[0]["wikitext2_ppl"] == pytest.approx(perplexity(pruner.model, tokenizer, wiki, seqlen=64, max_windows=4),
+                                                     rel=1e-5)
+    assert all(r["wikitext2_ppl"] > dense_ppl for r in rows)  # removing half the weights costs perplexity
+    assert rows[1]["wikitext2_ppl"] != rows[0]["wikitext2_ppl"]  # another allocation, another model
+    assert all(0 <= r["arc_easy"] <= 1 and (r["arc_easy"] * 8).is_integer() for r in rows)
 
 
 @pytest.mark.slow
