@@ -13,7 +13,7 @@ import os
 from transformers import Trainer
 
 from .influence.arguments import InfluenceArguments
-from .influence.checkpoint import fingerprint_examples
+from .influence.checkpoint import data_provenance
 from .influence.engine import InfluenceEngine
 from .influence.runner import run_influence
 from .influence.scores import LayerInfluenceScores
@@ -44,7 +44,7 @@ class LayerInfluenceTrainer(Trainer):
 
     def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,
                                 output_dir: str | os.PathLike | None = None, progress: bool = True,
-                                **options) -> LayerInfluenceScores:
+                                dataset_names: dict[str, str] | None = None, **options) -> LayerInfluenceScores:
         """Per-block influence (METHOD §1–3) of ``train_dataset`` samples on the mean loss of ``eval_dataset``.
 
         Args:
@@ -53,6 +53,8 @@ class LayerInfluenceTrainer(Trainer):
             args, options: :class:`~hf_layerif.InfluenceArguments` and overrides. The batch size per process is
                 the Trainer's ``per_device_eval_batch_size``.
             output_dir: where the scores are saved and the run checkpoints (default: not saved).
+            dataset_names: Hub dataset ids ``{"train": ..., "validation": ...}`` for the provenance and model
+                cards (read from Hub-loaded datasets when not given).
 
         Returns:
             :class:`~hf_layerif.LayerInfluenceScores` (identical on every process; saved by the main one).
@@ -74,7 +76,6 @@ class LayerInfluenceTrainer(Trainer):
         engine = InfluenceEngine(self.model, influence_args, accelerator=self.accelerator,
                                  autocast=self.autocast_smart_context_manager,
                                  progress=progress and not self.args.disable_tqdm)
-        data_fp = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
-                   "num_train": len(train), "num_validation": len(evals)}
+        data_fp = data_provenance(train, evals, train, evals, dataset_names)
         return run_influence(engine, lambda: self.get_test_dataloader(train), lambda: self.get_test_dataloader(evals),
                              len(train), len(evals), data_fp, output_dir=output_dir)

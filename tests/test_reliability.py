@@ -382,6 +382,39 @@ def test_cards_of_every_kind_name_the_hub_base_model_and_no_local_path(tmp_path)
     assert './m"' in (staged["lora_moe"] / "README.md").read_text()  # staged only: a relative path
     pruned = ModelCard((staged["pruned"] / "README.md").read_text()).data
     assert pruned.eval_results and pruned.eval_results[0].metric_value == 12.5
+    # the pipeline tag follows what is pushed: none for an allocation alone, the adapter's task, the model class
+    tags = {kind: ModelCard((folder / "README.md").read_text()).data.to_dict().get("pipeline_tag")
+            for kind, folder in staged.items()}
+    assert tags == {"allocation": None, "lora_moe": "text-generation", "pruned": "text-generation"}
+
+
+def test_card_datasets_come_from_the_scored_data_and_the_calibration(tmp_path):
+    import datasets
+    from huggingface_hub import ModelCard
+
+    from hf_layerif import compute_layer_influence
+    from hf_layerif.allocation import sparsity_allocation
+    from hf_layerif.data.loading import hub_dataset_id
+    from hf_layerif.hub import write_hub_folder
+    from hf_layerif.hub.push import _datasets
+
+    # a Hub-loaded Dataset names its repo in its download URLs; a local one does not
+    hub_like = datasets.Dataset.from_dict({"text": ["a"]}, info=datasets.DatasetInfo(download_checksums={
+        "hf://datasets/roneneldan/TinyStories@f54c09fd/data/validation.parquet": {"num_bytes": 1}}))
+    assert hub_dataset_id(hub_like) == "roneneldan/TinyStories"
+    assert hub_dataset_id(datasets.Dataset.from_dict({"text": ["a"]})) is None and hub_dataset_id(["a"]) is None
+
+    model = with_lora(tiny_llama(layers=4), randomize_b=True)
+    scores = compute_layer_influence(model, random_samples(4), random_samples(2, seed=1), progress=False,
+                                     bootstrap_samples=0, dataset_names={"train": "org/train-set"})
+    assert scores.provenance["data"]["train_name"] == "org/train-set"
+    assert "validation_name" not in scores.provenance["data"]
+    allocation = sparsity_allocation(scores, 0.5)
+    card = ModelCard((write_hub_folder(allocation, tmp_path / "a")[0] / "README.md").read_text())
+    assert card.data.to_dict()["datasets"] == ["org/train-set"]
+    assert _datasets(allocation, {"calibration_source": "c4"}) == ["org/train-set", "allenai/c4"]
+    assert _datasets(allocation, {"calibration_source": "data/c4.jsonl"}) == ["org/train-set"]  # a local file
+    assert _datasets(allocation, {"calibration_source": "token ids given to prune()"}) == ["org/train-set"]
 
 
 def test_package_logging_follows_transformers_verbosity(capsys):

@@ -85,6 +85,7 @@ def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int
 
     from ..influence.api import compute_layer_influence
 
+    names = None
     if score_args.model is None:
         if score_args.train or score_args.validation:
             raise SystemExit("--train/--validation need --model (without --model the embedded demo runs).")
@@ -101,13 +102,19 @@ def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int
     else:
         if not (score_args.train and score_args.validation):
             raise SystemExit("--model needs --train and --validation data.")
-        from ..data.loading import load_any_dataset
+        from ..data.loading import load_any_dataset, looks_local
+        from ..utils.io import is_local_path
 
         train = load_any_dataset(score_args.train, score_args.train_split, score_args.max_train_samples)
         validation = load_any_dataset(score_args.validation, score_args.validation_split, score_args.max_validation_samples)
         model, tokenizer = load_model_for_scoring(score_args, influence_args.target)
+        # Hub ids (name or name:config) are recorded for model cards; local files are not dataset ids
+        names = {key: spec.partition(":")[0] for key, spec in (("train", score_args.train),
+                                                               ("validation", score_args.validation))
+                 if not is_local_path(spec) and not looks_local(spec)}
     scores = compute_layer_influence(model, train, validation, tokenizer=tokenizer, args=influence_args,
-                                     output_dir=score_args.output, text_column=score_args.text_column)
+                                     output_dir=score_args.output, text_column=score_args.text_column,
+                                     dataset_names=names)
     print(scores.summary_table())
     if not score_args.no_plot:
         png = scores.plot(os.path.join(score_args.output, "scores.png"))

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
+from ..data.loading import looks_local
 from ..utils.io import display_name, is_local_path, normalize_permissions
 from ..utils.logging import get_logger
 from .cards import eval_results_for, render_card
@@ -39,10 +40,44 @@ def _rows(allocation: Allocation) -> list[dict[str, str]]:
     return rows
 
 
-def _datasets(allocation: Allocation) -> list[str] | None:
+# the Hub datasets named by a calibration source (the pruning papers' default is C4's first shard)
+CALIBRATION_HUB_IDS = {"c4": "allenai/c4"}
+# PEFT task types -> Hub pipeline tags
+PIPELINE_TAGS = {"CAUSAL_LM": "text-generation", "SEQ_CLS": "text-classification", "SEQ_2_SEQ_LM": "text2text-generation",
+                 "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering",
+                 "FEATURE_EXTRACTION": "feature-extraction"}
+# model class suffixes -> Hub pipeline tags
+ARCHITECTURE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification",
+                     "ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
+                     "ForConditionalGeneration": "text2text-generation"}
+
+
+def _datasets(allocation: Allocation, info: dict[str, Any]) -> list[str] | None:
+    """Hub dataset ids for the card's ``datasets:``: the scored training / validation data (when the scores
+    recorded Hub ids) and a pruned model's calibration data (when it came from the Hub). Local files are not
+    listed: they are no dataset ids."""
     data = (allocation.provenance.get("scores") or {}).get("data") or {}
-    names = [v for k, v in data.items() if k in ("train_name", "validation_name") and v]
-    return names or None
+    names = [data.get(k) for k in ("train_name", "validation_name")]
+    source = info.get("calibration_source")
+    if isinstance(source, str):
+        source = CALIBRATION_HUB_IDS.get(source, source.partition(":")[0])
+        if source.count("/") == 1 and " " not in source and not is_local_path(source) and not looks_local(source):
+            names.append(source)
+    unique = list(dict.fromkeys(n for n in names if n))
+    return unique or None
+
+
+def _pipeline_tag(kind: str, info: dict[str, Any]) -> str | None:
+    """The Hub pipeline tag of what is pushed: none for an allocation alone (no weights), the adapter's task type
+    for a LoRA-MoE adapter, the model class for a pruned model."""
+    if kind == "lora_moe":
+        return PIPELINE_TAGS.get(str(info["adapter_config"].get("task_type") or ""), None)
+    if kind == "pruned":
+        for architecture in info.get("architectures") or []:
+            for suffix, tag in ARCHITECTURE_TAGS.items():
+                if architecture.endswith(suffix):
+                    return tag
+    return None
 
 
 def _hyper_text(allocation: Allocation) -> str:
@@ -118,6 +153,10 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
 
         config = SimpleNamespace(**read_json(local / "pruning_config.json"))
         report = read_json(local / "pruning_report.json")
+        model_config = read_json(local / "config.json") if (local / "config.json").exists() else {}
+        info.update(architectures=model_config.get("architectures"),
+                    calibration_source=(report.get("calibration") or {}).get("source") or (
+                        config.calibration if (report.get("calibration") or {}).get("nsamples") else None))
         info.update(method=config.method, structure=config.structure, sparsity=config.sparsity,
                     achieved=report["global"]["achieved"],
                     calibration_text=_calibration_text(report.get("calibration") or {}, config),
@@ -214,7 +253,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
     model_name = (repo_id or local.name).split("/")[-1]
     common = dict(repo_id=load_target, base_model=base_model, library_version=allocation.library_version,
                   plot_file=PLOT_FILE, rows=_rows(allocation))
-    metadata = dict(base_model=hub_base, datasets=_datasets(allocation), license=license, pipeline_tag="text-generation")
+    metadata = dict(base_model=hub_base, datasets=_datasets(allocation, info), license=license,
+                    pipeline_tag=_pipeline_tag(kind, info))
     eval_entries = eval_results_for(eval_results, model_name)
     eval_rows = []
     for entry in eval_entries or []:

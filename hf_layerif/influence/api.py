@@ -11,7 +11,7 @@ from ..data import InfluenceCollator, prepare_examples, validate_examples
 from ..models.checks import model_max_length
 from ..utils.logging import get_logger
 from .arguments import InfluenceArguments
-from .checkpoint import fingerprint_examples
+from .checkpoint import data_provenance
 from .engine import InfluenceEngine
 from .runner import run_influence
 from .scores import LayerInfluenceScores
@@ -49,6 +49,7 @@ def compute_layer_influence(
     accelerator=None,
     cache_dir: str | os.PathLike | None = None,
     text_column: str | None = None,
+    dataset_names: dict[str, str] | None = None,
     progress: bool = True,
     **options,
 ) -> LayerInfluenceScores:
@@ -66,6 +67,9 @@ def compute_layer_influence(
         accelerator: an ``accelerate.Accelerator`` to shard the samples over processes (scores are identical).
         cache_dir: where per-sample gradients spill when they exceed ``gradient_memory_gb`` and no
             ``output_dir`` is given (default: the system's temporary folder).
+        dataset_names: Hub dataset ids of the data, ``{"train": ..., "validation": ...}``, recorded with the scores
+            and listed in model cards (``datasets:``); read from Hub-loaded ``datasets.Dataset`` objects when not
+            given.
 
     Returns:
         :class:`LayerInfluenceScores` with ``influence`` [num_blocks, num_train] float32 in the Koh & Liang sign
@@ -88,8 +92,7 @@ def compute_layer_influence(
         dl = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collator)
         return accelerator.prepare_data_loader(dl) if accelerator is not None else dl
 
-    data_fp = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
-               "num_train": len(train), "num_validation": len(evals)}
+    data_fp = data_provenance(train, evals, train_dataset, eval_dataset, dataset_names)
     return run_influence(engine, lambda: loader(train), lambda: loader(evals), len(train), len(evals), data_fp,
                          output_dir=output_dir, cache_dir=cache_dir)
 

@@ -39,6 +39,23 @@ def fingerprint_examples(examples: Iterable) -> str:
     return digest.hexdigest()[:16]
 
 
+def data_provenance(train: list, evals: list, train_source=None, eval_source=None,
+                    dataset_names: dict[str, str] | None = None) -> dict:
+    """What the scores record about their data (and what a checkpoint's key covers): fingerprints and counts of
+    the prepared examples and, when known, the Hub dataset ids (``train_name`` / ``validation_name``: from
+    ``dataset_names`` {"train": ..., "validation": ...}, else read from Hub-loaded ``datasets.Dataset`` sources)."""
+    from ..data.loading import hub_dataset_id
+
+    names = dict(dataset_names or {})
+    info = {"train": fingerprint_examples(train), "validation": fingerprint_examples(evals),
+            "num_train": len(train), "num_validation": len(evals)}
+    for key, source, name_key in (("train", train_source, "train_name"), ("validation", eval_source, "validation_name")):
+        name = names.get(key) or hub_dataset_id(source)
+        if name:
+            info[name_key] = name
+    return info
+
+
 def fingerprint_parameters(named: list[tuple[str, torch.Tensor]]) -> str:
     """sha256 (16 hex digits) of cheap statistics of each tensor: name, shape, dtype, float32 sum, L2 norm and
     64 strided values. One device→host copy in total; a re-drawn adapter or a changed weight changes it.
