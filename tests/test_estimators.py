@@ -6,6 +6,7 @@ import torch
 from hf_layerif.influence.arguments import InfluenceArguments
 from hf_layerif.influence.estimators import estimate_influence
 from hf_layerif.influence.gram import GramAccumulator, GroupLayout
+from hf_layerif.models.blocks import find_transformer_blocks
 
 BOUNDS = [[0, 5, 12], [0, 9], [0, 3, 4, 10]]  # three blocks; block 0 has 2 tensors, block 2 has 3
 
@@ -103,6 +104,35 @@ def test_estimators_float32_within_1e4(name, brute):
     for l, Gg, vg in _groups(G, v, "block"):
         want[l] += brute(Gg, vg, _damping(Gg))
     torch.testing.assert_close(influence, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("name,brute", [("datainf", brute_datainf), ("exact", brute_exact), ("lissa", None)])
+def test_float32_solves_use_k_as_formed_and_stay_close_to_float64(name, brute, monkeypatch):
+    n = 7
+    G, v = _problem(n, dtype=torch.float32)
+    seen = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):  # record every float64 copy of an n×n-sized K
+        out = original(self, *args, **kwargs)
+        if self.dim() == 3 and self.shape[-1] == self.shape[-2] == n and out.dtype == torch.float64 and out is not self:
+            seen.append(tuple(self.shape))
+        return out
+
+    float64 = _ours(G, v, InfluenceArguments(estimator=name), n)
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    float32, _, settings = _ours(G, v, InfluenceArguments(estimator=name, solve_dtype="float32"), n)
+    monkeypatch.undo()
+    assert seen == [] and settings["solve_dtype"] == "float32" and settings["solve_device"] == "cpu"
+    assert float32.dtype == torch.float64  # results are float64 whatever the solve dtype
+    torch.testing.assert_close(float32, float64[0], rtol=1e-4, atol=1e-4 * float64[0].abs().max().item())
+    if brute is not None:
+        want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+        for l, Gg, vg in _groups(G, v, "block"):
+            want[l] += brute(Gg, vg, _damping(Gg))
+        torch.testing.assert_close(float32, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    with pytest.raises(ValueError, match="solve_dtype must be one of"):
+        InfluenceArguments(solve_dtype="float16")
 
 
 def test_absolute_damping_and_factor():
@@ -252,6 +282,11 @@ def test_memory_plan_is_checked_before_any_work(monkeypatch, tmp_path):
                                 cache_dir=tmp_path, progress=False)
     plan = engine.InfluenceEngine(model, InfluenceArguments(estimator="tracin")).memory_plan(1000)
     assert plan["stored_gradients"] == 0 and "gram" not in plan
+    # K in float32 (4 B) + its float64 copy (8 B) + the float64 workspace (8 B); float32 solves: 4 + 4
+    groups = len(find_transformer_blocks(model))
+    exact64 = engine.InfluenceEngine(model, InfluenceArguments(estimator="exact")).memory_plan(1000)["gram"]
+    exact32 = engine.InfluenceEngine(model, InfluenceArguments(estimator="exact", solve_dtype="float32")).memory_plan(1000)
+    assert exact64 == groups * 1000**2 * 20 and exact32["gram"] == groups * 1000**2 * 8
 
 
 @pytest.mark.parametrize("estimator", ["exact", "lissa"])

@@ -9,6 +9,7 @@ from typing import Any
 TARGETS = ("lora", "full")
 GRANULARITIES = ("block", "tensor")
 GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+SOLVE_DTYPES = ("float64", "float32")
 CLI_FIT_STEPS = 100  # hf-layerif score without --adapter fits its fresh adapter this long unless told otherwise
 
 
@@ -32,6 +33,10 @@ class InfluenceArguments:
         max_length: truncate tokenized samples to this many tokens (``None``: no truncation).
         gradient_dtype: dtype in which per-sample gradients are formed and stored: ``"auto"`` (float64 for a
             float64 model, else float32), ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"float64"``.
+        solve_dtype: dtype of the Gram estimators' linear algebra (``exact``'s Cholesky solve, ``lissa``'s
+            eigendecomposition, Gram-route DataInf): ``"float64"`` (default: exact to 1e-12 against a float64
+            brute force; K's float64 copy costs 8 bytes per entry) or ``"float32"`` (K is used as formed, no copy:
+            a third of the memory, results to about 1e-5 relative). Streaming DataInf and TracIn need no K.
         gradient_memory_gb: memory (on the compute device) for keeping per-sample gradients between passes.
             Beyond it, windows of gradients spill to ``cache_dir`` (or the output folder) as safetensors.
         checkpoint_every: with an output folder, save the accumulated state (and spill the per-sample
@@ -70,6 +75,7 @@ class InfluenceArguments:
     batch_size: int = field(default=8, metadata={"help": "Samples per forward/backward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate samples to this many tokens."})
     gradient_dtype: str = field(default="auto", metadata={"help": f"One of {GRADIENT_DTYPES}."})
+    solve_dtype: str = field(default="float64", metadata={"help": f"One of {SOLVE_DTYPES}: dtype of the Gram estimators' solves."})
     gradient_memory_gb: float = field(default=4.0, metadata={"help": "Device memory for cached per-sample gradients (GB)."})
     checkpoint_every: int = field(default=50, metadata={"help": "Checkpoint every N batches when writing to an output folder (0: never)."})
     lissa_depth: int = field(default=1000, metadata={"help": "LiSSA recursion depth."})
@@ -108,6 +114,8 @@ class InfluenceArguments:
         check("aggregation", AGGREGATIONS)
         if self.damping is not None and not self.damping > 0:
             raise ValueError(f"damping must be > 0 (got {self.damping}); leave it unset to use damping_factor.")
+        if self.solve_dtype not in SOLVE_DTYPES:
+            raise ValueError(f"solve_dtype must be one of {SOLVE_DTYPES}, got {self.solve_dtype!r}.")
         if not self.damping_factor > 0:
             raise ValueError(f"damping_factor must be > 0 (got {self.damping_factor}).")
         if self.batch_size < 1:

@@ -133,8 +133,8 @@ class InfluenceEngine:
         ``stored_gradients`` (compute device up to ``gradient_memory_gb``, then disk): all per-sample gradients,
         kept by DataInf and the Gram estimators; TracIn keeps none.
         ``statistics`` (compute device): a and ‖g‖², groups × n values.
-        ``gram`` (CPU, Gram estimators only): K (groups × n²) and the estimator's float64 working copies (×3 with
-        the float64 copy and the solve's workspace).
+        ``gram`` (CPU, Gram estimators only): K (groups × n², compute dtype), its copy in ``solve_dtype`` (none
+        when the two agree) and the solve's workspace.
         ``spill_traffic`` (disk reads): spilled gradients read back: twice for DataInf; for the Gram route each
         window is read once per later window.
         """
@@ -152,7 +152,9 @@ class InfluenceEngine:
         if self.streaming:
             plan["spill_traffic"] = 2 * stored if stored > budget else 0.0
         else:
-            plan["gram"] = groups * num_train**2 * (compute + 2 * 8.0)
+            solve = 8.0 if self.args.solve_dtype == "float64" else 4.0
+            # K as formed, its copy in the solve dtype (none when the dtypes agree) and the solve's workspace
+            plan["gram"] = groups * num_train**2 * (compute + (solve if solve != compute else 0.0) + solve)
             windows = max(1.0, stored / budget)
             plan["spill_traffic"] = stored * (windows - 1) / 2 if stored > budget else 0.0
         return plan
@@ -175,7 +177,8 @@ class InfluenceEngine:
             raise MemoryError(
                 f"estimator={self.args.estimator!r} needs the n×n Gram matrix: {plan['gram'] / gib:.1f} GB for "
                 f"n={num_train} ({self.layout.num_groups} groups), more than this machine's {memory / gib:.1f} GB. Use "
-                "estimator='datainf' or 'tracin' (O(n·d), no Gram matrix), granularity='block', or fewer samples."
+                "estimator='datainf' or 'tracin' (O(n·d), no Gram matrix), solve_dtype='float32' (a third of the memory), "
+                "granularity='block', or fewer samples."
             )
         spilled = plan["stored_gradients"] - budget
         if spilled > 0 and spill_dir is not None:
@@ -340,7 +343,9 @@ class InfluenceEngine:
 
     def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
-        return estimate_influence(a, K, self.layout.dims(), self.args, self.layout.group_to_block(), len(self.blocks))
+        device = input_device(self.model) if self.accelerator is None else self.accelerator.device
+        return estimate_influence(a, K, self.layout.dims(), self.args, self.layout.group_to_block(), len(self.blocks),
+                                  device=device)
 
     def run(self, train_loader: Iterable[dict], eval_loader: Iterable[dict], num_train: int, num_eval: int,
             checkpoint_dir: str | os.PathLike | None = None, resume_key: dict | None = None,

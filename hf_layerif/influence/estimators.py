@@ -19,6 +19,8 @@ from typing import Protocol
 
 import torch
 
+from ..utils.logging import get_logger
+
 
 class InfluenceArguments(Protocol):
     """What estimators read from :class:`hf_layerif.influence.arguments.InfluenceArguments` (which validates its
@@ -50,6 +52,8 @@ def damping_from_gram(K_diag: torch.Tensor, dims: torch.Tensor, factor: float = 
     return lam.clamp_min(torch.finfo(torch.float64).tiny)
 
 
+logger = get_logger(__name__)
+
 ESTIMATORS: dict[str, type[InfluenceEstimator]] = {}
 
 
@@ -72,10 +76,18 @@ class InfluenceEstimator(ABC):
     name: str = ""
     uses_damping: bool = True
     streaming: bool = False
+    dtype: torch.dtype = torch.float64  # of the solves (InfluenceArguments.solve_dtype); results are float64
 
     @classmethod
     def from_arguments(cls, args: InfluenceArguments) -> InfluenceEstimator:
-        """The estimator configured by :class:`InfluenceArguments` (override to read its own options)."""
+        """The estimator configured by :class:`InfluenceArguments` (override :meth:`_from_arguments` to read its
+        own options); its solve dtype is ``args.solve_dtype``."""
+        estimator = cls._from_arguments(args)
+        estimator.dtype = getattr(torch, args.solve_dtype)
+        return estimator
+
+    @classmethod
+    def _from_arguments(cls, args: InfluenceArguments) -> InfluenceEstimator:
         return cls()
 
     @abstractmethod
@@ -110,13 +122,12 @@ class DataInfEstimator(InfluenceEstimator):
     streaming = True
 
     def __call__(self, a, K, damping):
-        a = a.to(torch.float64)
-        K = K.to(torch.float64)
-        lam = damping.to(torch.float64)[:, None]
+        a, K = a.to(self.dtype), K.to(self.dtype)
+        lam = damping.to(a.device, self.dtype)[:, None]
         n = a.shape[1]
         c = a / (lam + torch.diagonal(K, dim1=1, dim2=2))
         Kc = torch.bmm(K, c.unsqueeze(2)).squeeze(2)
-        return -(a - Kc / n) / lam
+        return (-(a - Kc / n) / lam).to(torch.float64)
 
 
 @register_estimator
@@ -129,17 +140,16 @@ class ExactEstimator(InfluenceEstimator):
     name = "exact"
 
     def __call__(self, a, K, damping):
-        a = a.to(torch.float64)
-        K = K.to(torch.float64)
+        a, K = a.to(self.dtype), K.to(self.dtype)
         n = a.shape[1]
-        eye = torch.eye(n, dtype=torch.float64, device=K.device)
-        system = K + (n * damping.to(torch.float64))[:, None, None] * eye
+        system = K + (n * damping.to(K.device, self.dtype))[:, None, None] * torch.eye(n, dtype=self.dtype, device=K.device)
+        del K  # the system replaces it: one n×n copy per group at a time, not two
         factor, info = torch.linalg.cholesky_ex(system)
         if bool((info != 0).any()):
             solution = torch.linalg.solve(system, a.unsqueeze(2)).squeeze(2)
         else:
             solution = torch.cholesky_solve(a.unsqueeze(2), factor).squeeze(2)
-        return -n * solution
+        return (-n * solution).to(torch.float64)
 
 
 @register_estimator
@@ -158,7 +168,7 @@ class LiSSAEstimator(InfluenceEstimator):
     name = "lissa"
 
     @classmethod
-    def from_arguments(cls, args: InfluenceArguments) -> LiSSAEstimator:
+    def _from_arguments(cls, args: InfluenceArguments) -> LiSSAEstimator:
         return cls(args.lissa_depth, args.lissa_scale, args.lissa_batch_size, args.lissa_repeats, args.seed)
 
     def __init__(self, depth: int = 1000, scale: float | None = None, batch_size: int | None = None, repeats: int = 1, seed: int = 0):
@@ -183,8 +193,7 @@ class LiSSAEstimator(InfluenceEstimator):
         return 1.05 * (max(top, 0.0) + lam)
 
     def __call__(self, a, K, damping):
-        a = a.to(torch.float64)
-        K = K.to(torch.float64)
+        a, K = a.to(self.dtype), K.to(self.dtype)
         groups, n = a.shape
         out = torch.empty_like(a)
         full_batch = self.batch_size is None or self.batch_size >= n
@@ -197,11 +206,11 @@ class LiSSAEstimator(InfluenceEstimator):
                 out[g] = -self._closed_form(a[g], K[g], lam, s, n) / s
             else:
                 gen = torch.Generator().manual_seed(self.seed + g)
-                total = torch.zeros(n, dtype=torch.float64)
+                total = torch.zeros(n, dtype=self.dtype, device=a.device)
                 for _ in range(self.repeats):
                     total += self._stochastic(a[g], K[g], lam, s, n, gen)
                 out[g] = -(total / self.repeats) / s
-        return out
+        return out.to(torch.float64)
 
     def _closed_form(self, a, K, lam, s, n):
         mu, Q = torch.linalg.eigh(K)
@@ -216,10 +225,10 @@ class LiSSAEstimator(InfluenceEstimator):
     def _stochastic(self, a, K, lam, s, n, gen):
         bs = self.batch_size
         alpha = 1.0
-        beta = torch.zeros(n, dtype=torch.float64)
+        beta = torch.zeros(n, dtype=a.dtype, device=a.device)
         keep = 1.0 - lam / s
         for _ in range(self.depth):
-            idx = torch.randperm(n, generator=gen)[:bs]
+            idx = torch.randperm(n, generator=gen)[:bs].to(a.device)
             u = alpha * a[idx] + K[idx] @ beta
             beta = keep * beta
             beta[idx] -= u / (s * len(idx))
@@ -237,19 +246,40 @@ def get_estimator(name_or_args: str | InfluenceArguments, **kwargs) -> Influence
     return ESTIMATORS[name_or_args](**kwargs)
 
 
+def solve_device(K: torch.Tensor, dtype: torch.dtype, device: torch.device | None) -> torch.device:
+    """Where the n³ solves run: ``device`` when it is an accelerator with room for K in ``dtype`` three times
+    (K, the system, the factor), else where K is."""
+    if device is None or torch.device(device).type == "cpu" or K.device == torch.device(device):
+        return K.device
+    needed = 3 * K.numel() * torch.empty(0, dtype=dtype).element_size()
+    try:
+        free = torch.cuda.mem_get_info(device)[0] if torch.device(device).type == "cuda" else needed
+    except (RuntimeError, AssertionError):
+        free = 0
+    if needed > free:
+        logger.info("The Gram solves need %.1f GB; %.1f GB free on %s: solving on %s instead.", needed / 2**30,
+                    free / 2**30, device, K.device)
+        return K.device
+    return torch.device(device)
+
+
 def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, args: InfluenceArguments,
-                       group_to_block: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                       group_to_block: torch.Tensor, num_blocks: int, device: torch.device | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Influence per block from Gram statistics of all groups.
 
     Args:
         a: [groups, n]; K: [groups, n, n]; dims: [groups] parameter counts.
         group_to_block: [groups] block index of each group (one group per block for ``granularity="block"``).
+        device: the compute device; the solves run there when K fits (see :func:`solve_device`), in
+            ``args.solve_dtype``.
     Returns:
-        (influence [num_blocks, n] float64, damping [groups] float64, estimator settings).
+        (influence [num_blocks, n] float64 on the CPU, damping [groups] float64, estimator settings).
     """
     estimator = get_estimator(args)
     damping = damping_from_gram(torch.diagonal(K, dim1=1, dim2=2), dims, args.damping_factor, args.damping)
-    per_group = estimator(a, K, damping)
+    where = solve_device(K, estimator.dtype, device)
+    per_group = estimator(a.to(where), K.to(where), damping.to(where)).to("cpu", torch.float64)
     if not torch.isfinite(per_group).all():
         raise FloatingPointError(
             f"The {estimator.name} estimator produced non-finite influence values; check the gradients (NaN/inf "
@@ -259,7 +289,8 @@ def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, arg
     influence.index_add_(0, group_to_block.to(torch.long), per_group)
     if not estimator.uses_damping:
         damping = torch.zeros_like(damping)
-    return influence, damping, {"name": estimator.name, **estimator.settings()}
+    return influence, damping, {"name": estimator.name, "solve_dtype": str(estimator.dtype).removeprefix("torch."),
+                                "solve_device": where.type, **estimator.settings()}
 
 
 __all__ = [
