@@ -30,6 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
+from result_rows import ResultRows  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 from task_data import load_finetune_task  # noqa: E402
 
@@ -112,14 +113,8 @@ def main() -> None:
     from hf_layerif.data import prepare_examples
 
     shared = Path(args.shared)
-    out = Path(args.jsonl)
-    done = {json.dumps(r["key"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
-
-    def record(key: dict, values: dict) -> None:
-        with out.open("a") as handle:
-            handle.write(json.dumps({"key": key, **values}) + "\n")
-        done.add(json.dumps(key))
-        print(json.dumps({"key": key, **values}), flush=True)
+    results = ResultRows(args.jsonl)
+    record = results.record
 
     started = time.time()
     base, tokenizer = load_smollm2()
@@ -135,13 +130,13 @@ def main() -> None:
         train = prepare_examples(rows[: args.train_rows], tokenizer, args.max_length, name=f"{task} train")
         majority = max(sum(i.gold == k for i in items) for k in range(max(len(i.choices) for i in items))) / len(items)
         key = {"task": task, "allocation": "base (no fine-tune)"}
-        if json.dumps(key) not in done:
+        if not results.has(key):
             from hf_layerif.evaluation import evaluate_multiple_choice
 
             record(key, {**evaluate_multiple_choice(base, tokenizer, items, batch_size=16), "majority_class": majority})
         for seed in (int(s) for s in args.seeds.split(",")):
             wanted = [a for a in args.allocations.split(",")
-                      if json.dumps({"task": task, "seed": seed, "allocation": a}) not in done]
+                      if not results.has({"task": task, "seed": seed, "allocation": a})]
             if not wanted:
                 continue
             allocations = {"uniform": expert_allocation(None, total, model=base, method="uniform"),
@@ -165,7 +160,7 @@ def main() -> None:
                 record({"task": task, "seed": seed, "allocation": name},
                        {**result, "experts": allocations[name].values, "seconds": time.time() - t0})
     print(f"total {time.time() - started:.0f} s")
-    summarize(out)
+    summarize(results.path)
 
 
 def summarize(jsonl: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_rows import ResultRows  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 TASK_FILES = {"arc_easy": "ARC-Easy/test.json", "piqa": "piqa/test.json", "winogrande": "winogrande/test.json"}
@@ -83,14 +84,8 @@ def main() -> None:
     tasks = {name: str(shared / "tasks/llm_adapters/dataset" / rel) for name, rel in TASK_FILES.items()}
     c4_file = str(shared / "text/c4/c4_en_train00000_first1000.jsonl")
 
-    out = Path(args.jsonl)
-    done = {json.dumps(r["key"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
-
-    def record(key: dict, values: dict) -> None:
-        with out.open("a") as handle:
-            handle.write(json.dumps({"key": key, **values}) + "\n")
-        done.add(json.dumps(key))
-        print(json.dumps({"key": key, **values}), flush=True)
+    results = ResultRows(args.jsonl)
+    record = results.record
 
     started = time.time()
     base, tokenizer = load_smollm2()
@@ -107,7 +102,7 @@ def main() -> None:
                 "zero_shot_mean_acc_norm": acc["average"]["acc_norm"]}
 
     dense_key = {"allocation": "dense"}
-    if json.dumps(dense_key) not in done:
+    if not results.has(dense_key):
         record(dense_key, evaluate(fresh_model()))
     scores = {}
     for seed in (int(s) for s in args.scoring_seeds.split(",")):
@@ -133,7 +128,7 @@ def main() -> None:
             for method in args.methods.split(","):
                 for name, allocation in allocations.items():
                     key = {"method": method, "sparsity": sparsity, "calibration_seed": calib, "allocation": name}
-                    if json.dumps(key) in done:
+                    if results.has(key):
                         continue
                     t0 = time.time()
                     pruner = LayerIFPruner(fresh_model(), tokenizer)
@@ -141,7 +136,7 @@ def main() -> None:
                                                seqlen=args.seqlen, seed=calib, allocation=allocation), ids, progress=False)
                     record(key, {**evaluate(pruner.model), "seconds": time.time() - t0})
     print(f"total {time.time() - started:.0f} s")
-    summarize(out, args.json)
+    summarize(results.path, args.json)
 
 
 def sd(values: list[float]) -> float:
