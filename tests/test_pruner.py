@@ -239,3 +239,22 @@ def test_pruner_from_pretrained_restores_what_save_pretrained_wrote(tmp_path):
     assert again.resolve_block_ratios(again.config, None, progress=False) == pytest.approx(allocation.values)
     with pytest.raises(FileNotFoundError, match="no such local folder or file"):
         PruningConfig.from_pretrained(str(tmp_path / "missing" / "deeper"))
+
+
+def test_a_registered_allocation_method_is_a_pruning_allocation_by_name():
+    from hf_layerif.allocation.methods import ALLOCATION_METHODS, register_allocation_method
+
+    @register_allocation_method("sparsity", "last-heavier", description="test: the last block gets more")
+    def last_heavier(values, target, params):
+        ratios = [target] * len(params)
+        ratios[-1], ratios[0] = target + 0.1, target - 0.1  # equal block sizes: the weighted mean is kept
+        return ratios
+
+    try:
+        model = tiny_llama(layers=3)
+        report = LayerIFPruner(model).prune(PruningConfig(method="magnitude", sparsity=0.5, allocation="last-heavier"),
+                                            progress=False)
+        assert report.block_ratios == pytest.approx([0.4, 0.5, 0.6])
+        assert report.extra["allocation"] == "last-heavier"
+    finally:
+        del ALLOCATION_METHODS["sparsity"]["last-heavier"]

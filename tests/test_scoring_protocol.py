@@ -8,8 +8,8 @@ import torch
 from conftest import random_samples, tiny_llama, with_lora
 
 from hf_layerif import compute_layer_influence
-from hf_layerif.influence.protocol import average_draws, draw_seed
 from hf_layerif.influence.fitting import adapter_parameters, redraw_adapter
+from hf_layerif.influence.protocol import average_draws, draw_seed
 from hf_layerif.models.blocks import find_transformer_blocks, tracked_modules
 
 FAST = dict(progress=False, bootstrap_samples=0, batch_size=4)

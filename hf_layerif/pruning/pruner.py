@@ -98,14 +98,14 @@ class LayerIFPruner:
             return [config.sparsity] * len(self.blocks)
         if isinstance(allocation, str) and allocation in ALLOCATION_METHODS["sparsity"]:
             method = allocation_method("sparsity", allocation)
-            if method.source not in MODEL_SOURCES:
+            if method.source is not None and method.source not in MODEL_SOURCES:
                 raise ValueError(f"allocation={allocation!r} needs {method.source}, which the pruner cannot compute "
                                  "from the model: pass an Allocation or LayerInfluenceScores instead.")
-            source = MODEL_SOURCES[method.source](self, config, calibration_ids, progress)
+            inputs = {} if method.source is None else {
+                method.source: MODEL_SOURCES[method.source](self, config, calibration_ids, progress)}
             self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method=allocation,
                                                   epsilon=config.epsilon, reverse=config.reverse,
-                                                  owl_lambda=config.owl_lambda, owl_m=config.owl_m,
-                                                  **{method.source: source})
+                                                  owl_lambda=config.owl_lambda, owl_m=config.owl_m, **inputs)
             return list(self.allocation.values)
         if isinstance(allocation, (str, os.PathLike)):
             allocation = Allocation.from_pretrained(allocation)
