@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,18 @@ class ResumableAccumulator:
     STATE_TENSORS: tuple[str, ...] = ()
     STATE_FILE = ""
     STATE_META = ""
+
+    def _set_inputs(self, layout, validation_gradients: list[torch.Tensor], num_samples: int,
+                    compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None,
+                    store_dtype: torch.dtype | None) -> None:
+        """The inputs every accumulator keeps (its constructor's first arguments)."""
+        self.layout = layout
+        self.v = validation_gradients
+        self.n = num_samples
+        self.compute_dtype = compute_dtype
+        self.store_dtype = store_dtype or compute_dtype
+        self.budget = int(memory_budget_bytes)
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
 
     def close_for_save(self) -> None:
         raise NotImplementedError

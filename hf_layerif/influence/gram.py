@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -92,13 +91,8 @@ class GramAccumulator(ResumableAccumulator):
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
                  store_dtype: torch.dtype | None = None, shard: tuple[int, int] = (0, 1)):
-        self.layout = layout
-        self.v = validation_gradients
-        self.n = num_samples
-        self.compute_dtype = compute_dtype
-        self.store_dtype = store_dtype or compute_dtype
-        self.budget = int(memory_budget_bytes)
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
+                         store_dtype)
         self.rank, self.world = shard
         G = layout.num_groups
         self.a = torch.zeros(G, num_samples, dtype=compute_dtype)

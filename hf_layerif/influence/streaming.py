@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -55,13 +54,8 @@ class StreamingStatistics(ResumableAccumulator):
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
                  store_dtype: torch.dtype | None = None, keep_gradients: bool = True):
-        self.layout = layout
-        self.v = validation_gradients
-        self.n = num_samples
-        self.compute_dtype = compute_dtype
-        self.store_dtype = store_dtype or compute_dtype
-        self.budget = int(memory_budget_bytes)
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
+                         store_dtype)
         self.keep_gradients = keep_gradients
         device = validation_gradients[0].device
         groups = layout.num_groups
