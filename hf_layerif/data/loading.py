@@ -110,21 +110,17 @@ def load_texts(source, *, local_option: str, split: str = "train", column: str =
     return [str(t) for t in ds[column if column in ds.column_names else ds.column_names[0]]]
 
 
-# a Hub dataset's repo id as it appears in the URLs datasets downloads from and in its cache folder names
+# a Hub dataset's repo id as it appears in the URLs datasets downloads from (its cache folder name is snake-cased,
+# "owner___tiny_stories" for "owner/TinyStories", so it is not used)
 _HUB_URL = re.compile(r"(?:hf://datasets/|huggingface\.co/datasets/)([\w.-]+/[\w.-]+?)(?:@|/|$)")
-_HUB_CACHE = re.compile(r"[/\\]([\w.-]+)___([\w.-]+)[/\\]")
 
 
 def hub_dataset_id(dataset) -> str | None:
-    """The Hub repo id (``owner/name``) a ``datasets.Dataset`` was loaded from, read from its download URLs or
-    cache folder (``owner___name``); None for local data, lists, or when it cannot be told."""
+    """The Hub repo id (``owner/name``) a ``datasets.Dataset`` was loaded from, read from its download URLs; None
+    for local data, lists, or when it cannot be told (then pass the id yourself, e.g. ``dataset_names=``)."""
     info = getattr(dataset, "info", None)
     for url in (getattr(info, "download_checksums", None) or {}):
         found = _HUB_URL.search(str(url))
         if found:
             return found.group(1)
-    for cache in getattr(dataset, "cache_files", None) or []:
-        found = _HUB_CACHE.search(str(cache.get("filename", "")) if isinstance(cache, dict) else "")
-        if found and found.group(1) not in ("json", "csv", "text", "parquet", "arrow", "generator"):
-            return f"{found.group(1)}/{found.group(2)}"
     return None
