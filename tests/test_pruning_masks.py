@@ -135,3 +135,17 @@ def test_sparsegpt_dead_inputs_and_cholesky_failure(caplog):
     nearly_singular = torch.ones(5, 5, dtype=torch.float64) + 1e-12 * torch.eye(5, dtype=torch.float64)
     U, damp = inverse_hessian_factor(nearly_singular, percdamp=0.0, max_retries=8)
     assert torch.isfinite(U).all() and damp >= 0.0
+
+
+def test_smallest_mask_is_the_first_k_of_a_stable_sort_with_many_ties():
+    from hf_layerif.pruning.masks import smallest_mask
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 120, (1,), generator=gen))
+        k = int(torch.randint(0, n + 2, (1,), generator=gen))
+        values = torch.randint(0, 4, (n,), generator=gen).double()  # mostly ties
+        want = torch.zeros(n, dtype=torch.bool)
+        for i in sorted(range(n), key=lambda j: (float(values[j]), j))[:k]:  # brute force: (value, index) order
+            want[i] = True
+        assert torch.equal(smallest_mask(values, k), want), (n, k)

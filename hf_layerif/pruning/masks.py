@@ -30,14 +30,24 @@ def _stable_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, stable=True).indices
 
 
+def smallest_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """[N] bool: True at the ``k`` smallest values of ``flat`` [N], ties broken by the lower index (the first k of a
+    stable ascending sort), in O(N): the k-th smallest value t by selection, every value below t, and the first
+    ties at t by index. No host synchronisation."""
+    n = flat.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=flat.device)
+    threshold = torch.kthvalue(flat, k).values
+    below = flat < threshold
+    ties = flat == threshold
+    return below | (ties & (torch.cumsum(ties, 0) <= k - below.sum()))
+
+
 def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """True where a weight is pruned: the round(N·r) lowest scores of the whole matrix."""
-    flat = scores.reshape(-1)
-    k = exact_count(flat.numel(), ratio)
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-    if k:
-        mask[_stable_order(flat)[:k]] = True
-    return mask.view_as(scores)
+    return smallest_mask(scores.reshape(-1), exact_count(scores.numel(), ratio)).view_as(scores)
 
 
 def per_row_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -153,9 +163,7 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, ratio: float, structu
         Hinv1 = Hinv[i1:i2, i1:i2]
         if structure is None:
             scores = W1**2 / (torch.diag(Hinv1).reshape(1, -1) ** 2)
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            if counts[b]:
-                mask1.view(-1)[_stable_order(scores.reshape(-1))[:counts[b]]] = True
+            mask1 = smallest_mask(scores.reshape(-1), counts[b]).view_as(W1)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):

@@ -185,11 +185,9 @@ class LayerIFPruner:
         def prune_block(index: int, block: nn.Module, forward=None) -> None:
             stats = None
             if method.statistics is not None:
-                # H = Σ x xᵀ: float64 on the CPU (cheap there, exact for tests), float32 on accelerators as the
-                # SparseGPT reference (float64 GEMMs are slow on GPUs)
-                on_cpu = BlockSequentialRunner._block_placement(block)[0].type == "cpu"
                 gram = method.statistics == "gram"
-                with InputStatistics(block, gram=gram, dtype=torch.float64 if gram and on_cpu else torch.float32) as stats:
+                dtype = getattr(torch, config.hessian_dtype) if gram else torch.float32
+                with InputStatistics(block, gram=gram, dtype=dtype) as stats:
                     forward()
             for name, module in base_linears(block):
                 t0 = time.time()
