@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation.allocation import Allocation
+from ..allocation.methods import ALLOCATION_METHODS
 from ..allocation.owl import OWL_LAMBDA, OWL_M
 from ..influence.scores import LayerInfluenceScores
 from ..utils.pretrained import JsonPretrainedMixin
 from .methods import PRUNING_METHODS, pruning_method
 
 METHODS = tuple(PRUNING_METHODS)  # the built-in methods; the registry may hold more
+# sparsity allocations the pruner computes from the model by name (the registry's methods without LayerIF scores)
+NAMED_ALLOCATIONS = tuple(sorted(name for name, method in ALLOCATION_METHODS["sparsity"].items()
+                                 if method.source != "scores"))
 STRUCTURES = ("unstructured", "2:4", "4:8")
-NAMED_ALLOCATIONS = ("uniform", "owl", "alphapruning")
 PRUNING_CONFIG_FILE = "pruning_config.json"
 
 
@@ -48,7 +51,7 @@ class PruningConfig(JsonPretrainedMixin):
     # typed as a string for the command line; Allocation and LayerInfluenceScores objects are accepted too
     # str first, then None: the CLI parses a name or a path; Python callers may pass the objects
     allocation: str | None | Allocation | LayerInfluenceScores = field(default=None, metadata={
-        "help": "uniform | owl | alphapruning | a folder with layerif_allocation.json or layerif_scores.json."})
+        "help": f"{' | '.join(NAMED_ALLOCATIONS)} | a folder with layerif_allocation.json or layerif_scores.json."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
     reverse: bool = field(default=False, metadata={"help": "Score-based allocations: larger scores get less sparsity."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
