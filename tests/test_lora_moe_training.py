@@ -154,3 +154,26 @@ def test_reentrant_checkpointing_warns_that_the_router_loss_gets_no_gradient():
     with mock.patch.object(tuner_module.logger, "warning") as warning:
         model(input_ids=ids, labels=ids)
     assert any("use_reentrant" in str(call) for call in warning.call_args_list)
+
+
+def test_unload_removes_the_tuner_hooks_so_the_base_trains_a_new_adapter():
+    """A trained LoRA-MoE unloaded from its base leaves no hook behind: the base's loss is the dense loss again
+    (no stale router loss), and a second adapter on the same base trains (the stale hook used to add the first
+    tuner's router loss, whose graph was already freed, to every later loss)."""
+    base = tiny_llama(layers=2)
+    ids = torch.randint(3, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    base.train()
+    with torch.no_grad():
+        dense = base(input_ids=ids, labels=ids).loss
+    first = get_peft_model(base, LayerIFConfig(experts_per_layer=[2, 3], task_type="CAUSAL_LM"))
+    first.train()
+    first(input_ids=ids, labels=ids).loss.backward()
+    plain = first.unload()
+    assert not plain._forward_hooks and not plain._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids, labels=ids).loss, dense)
+    second = get_peft_model(plain, LayerIFConfig(experts_per_layer=[3, 2], task_type="CAUSAL_LM"))
+    second.train()
+    loss = second(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in second.named_parameters() if "layerif_A" in n)

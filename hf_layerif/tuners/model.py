@@ -143,6 +143,23 @@ class LayerIFModel(BaseTuner):
         self._moe_layers_cache.clear()
         return super().delete_adapter(*args, **kwargs)
 
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        """``unload()`` / ``merge_and_unload()``: the base model comes back without this tuner's hooks, so it trains
+        and evaluates as it did before (no stale router loss added to its outputs)."""
+        model = super()._unload_and_optionally_merge(*args, **kwargs)
+        self.remove_model_hooks()
+        return model
+
+    def remove_model_hooks(self) -> None:
+        """Remove the hooks this tuner put on the wrapped model (router loss, attention-mask capture) and forget
+        its LayerIF layers."""
+        for name in ("_router_loss_hook", "_mask_hook"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                handle.remove()
+                setattr(self, name, None)
+        self._moe_layers_cache.clear()
+
     def set_adapter(self, *args, **kwargs):
         self._moe_layers_cache.clear()
         return super().set_adapter(*args, **kwargs)
