@@ -9,8 +9,8 @@ with ``LayerInfluenceTrainer``, and scored on the first ``--eval_items`` test it
 the candidate answers (acc). Paired: each allocation against uniform with the same seed.
 
     pip install -e ".[bench]"
-    OMP_NUM_THREADS=1 python benchmarks/experts_smollm2.py --quick      # one task, one seed, tiny budgets
-    OMP_NUM_THREADS=1 python benchmarks/experts_smollm2.py --jsonl experts.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/experts_smollm2.py --quick      # one task, one seed: 6 min on one core
+    OMP_NUM_THREADS=1 python benchmarks/experts_smollm2.py --jsonl experts.jsonl   # RESULTS.md: 98 min, one core
 
 Results are appended to ``--jsonl`` as they come (a re-run skips the rows already there).
 """
@@ -94,14 +94,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--allocations", default=",".join(ALLOCATIONS))
     parser.add_argument("--train_rows", type=int, default=320, help="training rows per task (a fixed prefix)")
-    parser.add_argument("--steps", type=int, default=80, help="fine-tuning steps per LoRA-MoE")
+    parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps per LoRA-MoE")
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--fit_steps", type=int, default=20, help="steps fitting the scoring LoRA before scoring")
     parser.add_argument("--score_train", type=int, default=64, help="training rows scored")
     parser.add_argument("--score_validation", type=int, default=16, help="validation rows (held out of the scored ones)")
-    parser.add_argument("--eval_items", type=int, default=200)
+    parser.add_argument("--eval_items", type=int, default=100)
     parser.add_argument("--jsonl", default="experts_smollm2.jsonl")
     parser.add_argument("--plots", default=str(HERE / "figures"))
     args = parser.parse_args()
