@@ -148,3 +148,20 @@ def test_fit_batch_size_rebatches_samples_of_different_lengths():
     scores = compute_layer_influence(model, train, random_samples(3), batch_size=4, fit_batch_size=3, fit_steps=4,
                                      fit_learning_rate=1e-2, repeats=1, progress=False, bootstrap_samples=0)
     assert scores.provenance["protocol"]["fits"][0]["steps"] == 4 and torch.isfinite(scores.influence).all()
+
+
+def test_an_agreement_of_exactly_the_threshold_is_stable_despite_float_rounding(caplog):
+    from hf_layerif.influence.scores import LayerInfluenceScores
+    from hf_layerif.influence.stability import reaches_threshold, spearman
+
+    # two draws that swap one adjacent pair of 4 blocks: Spearman 1 − 6·2/(4·15) = 0.8 exactly
+    a, b = [4.0, 3.0, 2.0, 1.0], [3.0, 4.0, 2.0, 1.0]
+    assert spearman(a, b) == pytest.approx(0.8, abs=1e-12)
+    assert reaches_threshold(0.7999999999999998) and not reaches_threshold(0.7999)
+    influence = torch.tensor([[-3.0, -2.0], [-2.0, -1.0], [-1.0, -1.0], [-0.5, -0.1]])
+    scores = LayerInfluenceScores(influence, [f"b{i}" for i in range(4)], torch.ones(4), [0, 1, 2, 3],
+                                  {"aggregation": "positive", "bootstrap_samples": 0}, {"name": "datainf"},
+                                  repeat_block_scores=torch.tensor([a, b]))
+    assert scores.stability()["repeats"]["stable"]
+    assert not scores.warn_if_unstable()
+    assert "[UNSTABLE]" not in scores.summary_table()

@@ -25,6 +25,7 @@ from .stability import (
     UNSTABLE_SPEARMAN,
     bootstrap_block_scores,
     floor_to,
+    reaches_threshold,
     summarize_block_score_samples,
     summarize_draws,
 )
@@ -203,7 +204,7 @@ class LayerInfluenceScores:
             return False
         weakest = min(figures, key=figures.get)
         value = figures[weakest]
-        if value >= UNSTABLE_SPEARMAN:
+        if reaches_threshold(value):
             return False
         what = {"bootstrap": "5th-percentile Spearman of bootstrap resamples of the training samples to the full ranking",
                 "draws": "mean pairwise Spearman between adapter draws"}[weakest]
