@@ -124,3 +124,16 @@ def test_cli_allocate_from_scores_and_owl_baseline(tmp_path, scores, capsys):
     owl = Allocation.from_pretrained(tmp_path / "owl")
     assert owl.method == "owl" and owl.num_blocks == 5
     assert max(owl.values) - min(owl.values) == pytest.approx(0.16, abs=1e-9)
+
+
+def test_a_json_file_object_must_define_both_directions():
+    from hf_layerif.utils.pretrained import JsonPretrainedMixin
+
+    class OnlyWrites(JsonPretrainedMixin):
+        FILE_NAME = "x.json"
+
+        def to_dict(self):
+            return {}
+
+    with pytest.raises(TypeError, match="abstract"):
+        OnlyWrites()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def check_resumable(checkpoint_dir: Path, key: dict, num_train: int, batch_size:
     return min(steps, total)
 
 
-class ResumableAccumulator:
+class ResumableAccumulator(ABC):
     """Checkpointing shared by the accumulators of the training pass (``GramAccumulator``, ``StreamingStatistics``).
 
     A subclass sets ``STATE_TENSORS`` (its attribute names saved as the state), ``STATE_FILE`` / ``STATE_META`` and
@@ -164,8 +165,9 @@ class ResumableAccumulator:
         self.budget = int(memory_budget_bytes)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
 
+    @abstractmethod
     def close_for_save(self) -> None:
-        raise NotImplementedError
+        """Spill what is still in memory, so the saved state and the spilled windows are complete."""
 
     def save_state(self, fingerprint: dict) -> None:
         """Spill what is in memory, then save the state tensors and the progress (atomically) for a resume."""

@@ -6,6 +6,7 @@ Everything is JSON (or safetensors, read by the caller): nothing is unpickled, w
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,19 +35,21 @@ def resolve_file(repo_id_or_path: str | os.PathLike, filename: str, revision: st
     return Path(hf_hub_download(repo_id=name, filename=filename, revision=revision))
 
 
-class JsonPretrainedMixin:
+class JsonPretrainedMixin(ABC):
     """``save_pretrained(folder)`` writes ``FILE_NAME`` (atomically) from :meth:`to_dict`; ``from_pretrained`` reads
-    it from a folder, the file itself or a Hub repo and builds the object with :meth:`from_dict`."""
+    it from a folder, the file itself or a Hub repo and builds the object with :meth:`from_dict`. A subclass that
+    lacks either cannot be instantiated."""
 
     FILE_NAME: ClassVar[str]
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON-safe content of ``FILE_NAME``."""
 
     @classmethod
+    @abstractmethod
     def from_dict(cls, data: dict[str, Any], source: Path):
         """Build the object from the file's JSON; ``source`` is where it was read (for messages and neighbours)."""
-        raise NotImplementedError
 
     @classmethod
     def read_file(cls, path: Path) -> dict[str, Any]:
