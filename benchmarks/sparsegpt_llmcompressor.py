@@ -68,18 +68,19 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="draw of the model weights and calibration ids")
     parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
                                                     / "stories260K"), help="any tokenizer with a 512-token vocabulary")
     args = parser.parse_args()
-    base = build_model(args.hidden, args.layers, 0)
+    base = build_model(args.hidden, args.layers, args.seed)
     scratch = tempfile.TemporaryDirectory()
     base.save_pretrained(scratch.name)  # llm-compressor re-reads the config from the model's path
     base.config._name_or_path = scratch.name
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    ids = torch.randint(3, VOCAB, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1))
-    held_out = torch.randint(3, VOCAB, (4, args.seqlen), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(3, VOCAB, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1000 * args.seed + 1))
+    held_out = torch.randint(3, VOCAB, (4, args.seqlen), generator=torch.Generator().manual_seed(1000 * args.seed + 2))
     times = {"hf_layerif": [], "llmcompressor": []}
     models = {}
     for _ in range(args.repeats):
