@@ -39,20 +39,60 @@ def get_calibration_data(tokenizer, source="c4", nsamples: int = 128, seqlen: in
     """
     if nsamples < 1 or seqlen < 2:
         raise ValueError("nsamples must be >= 1 and seqlen >= 2.")
+    texts = load_calibration_texts(source)
+    return draw_windows(tokenizer, texts, nsamples, seqlen, seed, max_tries=max_tries)[0]
+
+
+def get_calibration_and_selection_data(tokenizer, source, nsamples: int, seqlen: int, seed: int,
+                                       selection_nsamples: int, selection_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration windows (exactly those of :func:`get_calibration_data` with the same arguments) and a selection
+    split of ``selection_nsamples`` windows drawn with ``selection_seed`` from the *other* documents of the same
+    source, so no selection token comes from a document that calibration read. Both [n, seqlen] long."""
+    texts = load_calibration_texts(source)
+    calibration, used = draw_windows(tokenizer, texts, nsamples, seqlen, seed)
+    if len(used) >= len(texts):
+        raise ValueError(f"the calibration source has {len(texts)} documents and calibration used all of them, so no "
+                         "disjoint selection split is left; give more calibration text, lower nsamples, or pass "
+                         "selection token ids (selection_dataset=).")
+    selection, _ = draw_windows(tokenizer, texts, selection_nsamples, seqlen, selection_seed, exclude=used,
+                                what="selection")
+    return calibration, selection
+
+
+def load_calibration_texts(source) -> list[str]:
+    """The documents of a calibration source (see :func:`get_calibration_data`); raises when there are none."""
     texts = _load_texts(source)
     if not texts:
         raise ValueError(f"calibration source {source!r} has no text.")
+    return texts
+
+
+def draw_windows(tokenizer, texts: list[str], nsamples: int, seqlen: int, seed: int, exclude: set[int] | None = None,
+                 max_tries: int = 100_000, what: str = "calibration") -> tuple[torch.Tensor, set[int]]:
+    """``nsamples`` windows of ``seqlen`` tokens as the papers draw them: with ``random.Random(seed)`` pick a random
+    document longer than ``seqlen`` tokens (documents in ``exclude`` are skipped) and a random window inside it.
+
+    Returns:
+        (token ids [nsamples, seqlen] long, indices of the documents the windows came from).
+    """
+    if nsamples < 1 or seqlen < 2:
+        raise ValueError("nsamples must be >= 1 and seqlen >= 2.")
+    exclude = exclude or set()
     rng = random.Random(seed)
     lengths: dict[int, list[int]] = {}
     samples = []
+    used: set[int] = set()
     tries = 0
     while len(samples) < nsamples:
         tries += 1
         if tries > max_tries:
             longest = max((len(v) for v in lengths.values()), default=0)
-            raise ValueError(f"no calibration document is longer than seqlen={seqlen} tokens (longest seen: "
-                             f"{longest}); lower seqlen or give longer texts.")
+            raise ValueError(f"no {what} document is longer than seqlen={seqlen} tokens (longest seen: {longest}"
+                             f"{f', {len(exclude)} documents reserved for calibration' if exclude else ''}); lower "
+                             "seqlen or give longer texts.")
         i = rng.randint(0, len(texts) - 1)
+        if i in exclude:
+            continue
         if i not in lengths:
             lengths[i] = list(tokenizer(texts[i])["input_ids"])
         ids = lengths[i]
@@ -60,4 +100,5 @@ def get_calibration_data(tokenizer, source="c4", nsamples: int = 128, seqlen: in
             continue
         start = rng.randint(0, len(ids) - seqlen - 1)
         samples.append(ids[start:start + seqlen])
-    return torch.tensor(samples, dtype=torch.long)
+        used.add(i)
+    return torch.tensor(samples, dtype=torch.long), used

@@ -136,6 +136,7 @@ class BlockSequentialRunner:
         self.activation_dtype = activation_dtype
         self.blocks = blocks or find_transformer_blocks(model, block_pattern)
         self.progress = progress
+        self.returns_tuple = False  # whether the blocks return a tuple (hidden states first); set by forward_block
 
     def _input_device(self) -> torch.device:
         return input_device(self.model)
@@ -180,6 +181,25 @@ class BlockSequentialRunner:
         return captured
 
     @torch.no_grad()
+    def forward_block(self, block: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
+        """Run ``block`` on stored inputs (one (args, kwargs) per batch) and return the next block's inputs: the
+        block's hidden-state output in place of ``args[0]`` (on ``activation_device`` in ``activation_dtype``), the
+        other arguments unchanged."""
+        outputs = []
+        for args, kwargs in inputs:
+            out = self._call(block, args, kwargs)
+            self.returns_tuple = isinstance(out, (tuple, list))
+            hidden = out[0] if self.returns_tuple else out
+            device = self.activation_device or hidden.device
+            outputs.append(((_to(hidden, device, self.activation_dtype),) + tuple(args[1:]), kwargs))
+        return outputs
+
+    def run_block(self, block: nn.Module, inputs: list[tuple[tuple, dict]]) -> None:
+        """Run ``block`` on stored inputs and discard the outputs (statistics hooks see the inputs)."""
+        for args, kwargs in inputs:
+            self._call(block, args, kwargs)
+
+    @torch.no_grad()
     def run(self, visit: Callable[[int, nn.Module, Callable[[], None]], None] | None = None) -> list[tuple[tuple, dict]]:
         """For each block l: ``visit(l, block, forward)`` (``forward()`` runs the block on its calibration
         inputs, e.g. with :class:`InputStatistics` attached), then the block is run once more to produce the
@@ -189,20 +209,9 @@ class BlockSequentialRunner:
         self.model.eval()
         try:
             for index, block in enumerate(tqdm(self.blocks.modules, desc="calibration blocks", disable=not self.progress)):
-
-                def forward(block=block, inputs=inputs):
-                    for args, kwargs in inputs:
-                        self._call(block, args, kwargs)
-
                 if visit is not None:
-                    visit(index, block, forward)
-                outputs = []
-                for args, kwargs in inputs:
-                    out = self._call(block, args, kwargs)
-                    hidden = out[0] if isinstance(out, (tuple, list)) else out
-                    device = self.activation_device or hidden.device
-                    outputs.append(((_to(hidden, device, self.activation_dtype),) + tuple(args[1:]), kwargs))
-                inputs = outputs
+                    visit(index, block, lambda block=block, inputs=inputs: self.run_block(block, inputs))
+                inputs = self.forward_block(block, inputs)
         finally:
             self.model.train(was_training)
         return inputs

@@ -7,7 +7,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..pruning.config import PruningConfig
+from ..pruning.config import AUTO, PruningConfig
+
+SELECTION_DIRNAME = ".selection"  # resume state of allocation=auto inside the output folder, removed once saved
+DEFAULT_CLI_ALLOCATION = AUTO  # the command line's main path: the allocation chosen by held-out evidence
 
 
 @dataclass
@@ -34,7 +37,7 @@ def _resolve_allocation(value):
 
     from ..allocation.methods import ALLOCATION_METHODS
 
-    if value is None or value in ALLOCATION_METHODS["sparsity"]:
+    if value is None or value == "auto" or value in ALLOCATION_METHODS["sparsity"]:
         return value
     path = Path(value)
     if (path / "layerif_scores.json").exists():
@@ -47,7 +50,15 @@ def _resolve_allocation(value):
 def run(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((PruneArguments, PruningConfig), prog="hf-layerif prune")
+    parser = HfArgumentParser((PruneArguments, PruningConfig), prog="hf-layerif prune",
+                              description="Prune a model to a global sparsity with per-block ratios. On the command "
+                                          "line --allocation defaults to auto: the allocation is chosen among "
+                                          "candidates by the pruned model's loss on held-out calibration text "
+                                          "(--allocation uniform for one plain prune).")
+    argv = list(argv)
+    if not any(a == "--allocation" or a.startswith("--allocation=") for a in argv) and not any(
+            a in ("2:4", "4:8") or a.startswith("--structure=") and not a.endswith("unstructured") for a in argv):
+        argv += ["--allocation", DEFAULT_CLI_ALLOCATION]
     args, config = parser.parse_args_into_dataclasses(args=argv)
     return prune(args, config)
 
@@ -75,8 +86,13 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
             raise SystemExit(f"--task_files: the file for {task!r} does not exist: {path}")
     if args.wikitext2 and not os.path.exists(args.wikitext2):
         raise SystemExit(f"--wikitext2: no such file: {args.wikitext2}")
-    report = pruner.prune(config)
+    selection_dir = os.path.join(args.output, SELECTION_DIRNAME)
+    report = pruner.prune(config, selection_dir=selection_dir)
     print(report.table())
+    if "selection" in report.extra:
+        from ..pruning.selection import SELECTION_STATE_FILE, selection_table
+
+        print(selection_table(report.extra["selection"]))
     # the pruned model is saved before any evaluation, so an evaluation that fails (offline Hub, a bad task
     # file) never loses it
     os.makedirs(args.output, exist_ok=True)
@@ -84,6 +100,10 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
         pruner.save_pretrained(args.output)
     else:
         report.save_pretrained(args.output)
+    if "selection" in report.extra:  # the record is in the report now: the resume state is no longer needed
+        from ..utils.io import remove_files_and_folder
+
+        remove_files_and_folder(selection_dir, [SELECTION_STATE_FILE])
     print(f"saved to {args.output}")
     results: dict = {"pruning": report.global_sparsity()}
     errors: dict[str, str] = {}

@@ -24,6 +24,7 @@ from .cards import eval_results_for, render_card
 logger = get_logger(__name__)
 
 PLOT_FILE = "layerif_allocation.png"
+SELECTION_PLOT_FILE = "selection.png"  # written by the pruner for allocation="auto" (pruning/selection.py)
 STAGING_MARKER = ".hf-layerif-staging"
 
 
@@ -111,6 +112,28 @@ def _scores_text(allocation: Allocation) -> str:
     return text
 
 
+def _selection_variables(selection: dict | None, local: Path) -> dict[str, Any]:
+    """Card variables of an ``allocation="auto"`` run: one sentence, the candidates' table, and its plot (written by
+    the pruner next to its report, when present)."""
+    if not selection:
+        return {"selection_text": None, "selection_rows": [], "selection_plot": None}
+    split = selection.get("split") or {}
+    source = split.get("source")
+    text = (f"Chosen by held-out selection among {len(selection['candidates'])} allocations: "
+            f"**{selection['chosen']}** (selection loss {selection['chosen_loss']:.4f} nats/token); uniform scored "
+            f"{selection['uniform_loss']:.4f}. Objective: {selection['objective']}; selection split: "
+            f"{split.get('nsamples')} sequences × {split.get('seqlen')} tokens"
+            + (f" from {display_name(source)}" if isinstance(source, str) else "")
+            + (f", seed {split['seed']}" if split.get("seed") is not None else "")
+            + (f", disjoint from {split['disjoint_from']}" if split.get("disjoint_from") else "")
+            + f". Rule: {selection['rule']}.")
+    rows = [{"name": r["name"], "screen": f"{r['screen_loss']:.4f}",
+             "final": "-" if r["loss"] is None else f"{r['loss']:.4f}",
+             "chosen": "✓" if r["name"] == selection["chosen"] else ""} for r in selection["candidates"]]
+    plot = SELECTION_PLOT_FILE if (local / SELECTION_PLOT_FILE).exists() else None
+    return {"selection_text": text, "selection_rows": rows, "selection_plot": plot}
+
+
 def _calibration_text(calibration: dict, config) -> str:
     """How the pruned model was calibrated, from what the report recorded (not the config's default source)."""
     if not calibration.get("nsamples"):
@@ -161,7 +184,8 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
                     achieved=report["global"]["achieved"],
                     calibration_text=_calibration_text(report.get("calibration") or {}, config),
                     pruned_rows=[{"name": n, "requested": f"{b['requested']:.4f}", "achieved": f"{b['achieved']:.4f}"}
-                                 for n, b in zip(report["block_names"], report["blocks"])])
+                                 for n, b in zip(report["block_names"], report["blocks"])],
+                    **_selection_variables(report.get("selection"), local))
     elif kind == "lora_moe":
         if isinstance(model, (str, os.PathLike)):
             if not in_place:
@@ -278,6 +302,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
         card = render_card("pruned", card_data, method=info["method"], structure=info["structure"],
                            sparsity=info["sparsity"], achieved=info["achieved"], allocation_method=allocation.method,
                            calibration_text=info["calibration_text"], eval_rows=eval_rows,
+                           selection_text=info["selection_text"], selection_rows=info["selection_rows"],
+                           selection_plot=info["selection_plot"],
                            **{**common, "rows": info["pruned_rows"]})
     else:
         config = info["adapter_config"]

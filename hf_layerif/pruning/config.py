@@ -19,6 +19,7 @@ METHODS = tuple(PRUNING_METHODS)  # the built-in methods; the registry may hold 
 NAMED_ALLOCATIONS = tuple(sorted(name for name, method in ALLOCATION_METHODS["sparsity"].items()
                                  if method.source != "scores"))
 STRUCTURES = ("unstructured", "2:4", "4:8")
+AUTO = "auto"  # allocation chosen among candidates by held-out evidence (pruning/selection.py)
 PRUNING_CONFIG_FILE = "pruning_config.json"
 
 
@@ -29,9 +30,20 @@ class PruningConfig(JsonPretrainedMixin):
     Args:
         method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
         sparsity: global target sparsity S in (0, 1) over the blocks' linear weights.
-        allocation: per-block ratios: ``None`` / ``"uniform"`` (S everywhere), ``"owl"``, ``"alphapruning"``, an
+        allocation: per-block ratios: ``None`` / ``"uniform"`` (S everywhere), ``"owl"``, ``"alphapruning"``,
+            ``"auto"`` (chosen among ``candidates`` by held-out evidence, METHOD §5.1), an
             :class:`~hf_layerif.allocation.Allocation` (e.g. from LayerIF scores), a folder or file with
             ``layerif_allocation.json``, or ``LayerInfluenceScores`` (mapped with ``epsilon``).
+        scores: LayerIF scores (``LayerInfluenceScores``, a folder with ``layerif_scores.json``, or one score per
+            block) for the LayerIF candidates of ``allocation="auto"``.
+        candidates: the candidates of ``allocation="auto"``: ``method[:option=value...]`` specs, comma-separated or
+            a list (see :mod:`hf_layerif.pruning.candidates`); ``None``: uniform, OWL, AlphaPruning and, with
+            ``scores``, LayerIF at ε 0.1, 0.2, 0.3 in both directions. Uniform is always a candidate.
+        selection_nsamples, selection_seed: the selection split of ``"auto"``: windows of ``seqlen`` tokens drawn
+            with this seed from calibration-source documents that calibration did not use.
+        screen_fraction: ``"auto"`` screens every candidate with this fraction of the calibration sequences, then
+            prunes uniform and the ``finalists`` best others with all of them; 1 evaluates every candidate fully.
+        finalists: non-uniform candidates that go from screening to the final evaluation.
         epsilon: ratio band half-width for score-based allocations (LayerIF, AlphaPruning).
         reverse: the opposite direction for score-based allocations (a larger score gets less sparsity).
         structure: ``"unstructured"``, ``"2:4"`` or ``"4:8"``. N:M fixes every layer's sparsity at n/m, so it
@@ -51,7 +63,20 @@ class PruningConfig(JsonPretrainedMixin):
     # typed as a string for the command line; Allocation and LayerInfluenceScores objects are accepted too
     # str first, then None: the CLI parses a name or a path; Python callers may pass the objects
     allocation: str | None | Allocation | LayerInfluenceScores = field(default=None, metadata={
-        "help": f"{' | '.join(NAMED_ALLOCATIONS)} | a folder with layerif_allocation.json or layerif_scores.json."})
+        "help": f"auto (chosen by held-out evidence) | {' | '.join(NAMED_ALLOCATIONS)} | a folder with "
+                "layerif_allocation.json or layerif_scores.json."})
+    scores: str | None | LayerInfluenceScores = field(default=None, metadata={
+        "help": "allocation=auto: LayerIF scores (a folder with layerif_scores.json) for the LayerIF candidates."})
+    candidates: str | None | list = field(default=None, metadata={
+        "help": "allocation=auto: comma-separated candidates method[:option=value...], e.g. "
+                "'uniform,owl,alphapruning,layerif:epsilon=0.1:reverse=true' (default: uniform, owl, alphapruning, "
+                "and with --scores layerif at epsilon 0.1/0.2/0.3 in both directions)."})
+    selection_nsamples: int = field(default=16, metadata={"help": "allocation=auto: selection-split sequences."})
+    selection_seed: int = field(default=1, metadata={"help": "allocation=auto: seed of the selection split."})
+    screen_fraction: float = field(default=0.0625, metadata={
+        "help": "allocation=auto: fraction of calibration sequences used to screen every candidate (1: no screening)."})
+    finalists: int = field(default=1, metadata={
+        "help": "allocation=auto: candidates besides uniform evaluated with all calibration sequences."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
     reverse: bool = field(default=False, metadata={"help": "Score-based allocations: larger scores get less sparsity."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
@@ -83,6 +108,14 @@ class PruningConfig(JsonPretrainedMixin):
             raise ValueError(f"hessian_dtype must be 'float32' or 'float64', got {self.hessian_dtype!r}.")
         if self.nsamples < 1 or self.seqlen < 2 or self.batch_size < 1:
             raise ValueError("nsamples, batch_size must be >= 1 and seqlen >= 2.")
+        if self.selection_nsamples < 1 or self.finalists < 1 or not 0 < self.screen_fraction <= 1:
+            raise ValueError("selection_nsamples and finalists must be >= 1 and screen_fraction in (0, 1].")
+        if self.allocation == AUTO and self.nm is None:
+            from .candidates import resolve_candidates
+
+            resolve_candidates(self.candidates, True)  # unknown methods or options fail now, before any work
+        elif self.candidates is not None:
+            raise ValueError("candidates apply to allocation='auto'; set allocation='auto' or drop candidates.")
         if self.nm is not None:
             n, m = self.nm
             if abs(self.sparsity - n / m) > 1e-9:
@@ -104,20 +137,30 @@ class PruningConfig(JsonPretrainedMixin):
         return n, m
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self) if not _is_object(self.allocation) else {
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "allocation"},
-            "allocation": _describe_allocation(self.allocation)}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if _is_object(self.allocation):
+            data["allocation"] = _describe_allocation(self.allocation)
+        if _is_object(self.scores):
+            data["scores"] = {"type": type(self.scores).__name__}
+        if isinstance(self.candidates, (list, tuple)):
+            data["candidates"] = ",".join(c if isinstance(c, str) else _candidate_spec(c) for c in self.candidates)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> PruningConfig:
         """A config from its JSON. An allocation object that was used is saved next to the config, so it is
-        referred to by the folder (or Hub repo) the config was read from."""
+        referred to by the folder (or Hub repo) the config was read from; score objects are not saved with it."""
         known = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         if isinstance(data.get("allocation"), dict):
             data["allocation"] = str(source.parent) if source is not None else None
+        if isinstance(data.get("scores"), dict):
+            data["scores"] = None
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _candidate_spec(candidate) -> str:
+    return ":".join([candidate.method] + [f"{k}={v}" for k, v in sorted(candidate.options.items())])
 
 
 def _is_object(value) -> bool:

@@ -51,20 +51,27 @@ def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def per_row_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """True where pruned: each row loses ⌊r·in⌋ or ⌈r·in⌉ of its lowest scores, round(N·r) in total."""
+    """True where pruned: each row loses ⌊r·in⌋ or ⌈r·in⌉ of its lowest scores, round(N·r) in total; the rows that
+    lose one more are those whose next score is lowest (ties by row index), and within a row ties go to the lower
+    column index (as a stable sort would). O(N) per row by selection (``kthvalue``), no sort."""
     rows, cols = scores.shape
     total = exact_count(rows * cols, ratio)
     base = total // rows
     extra = total - base * rows
-    order = torch.sort(scores, dim=1, stable=True).indices
     counts = torch.full((rows,), base, dtype=torch.long, device=scores.device)
     if extra:
-        next_cost = torch.gather(scores, 1, order[:, base:base + 1]).squeeze(1)
-        chosen = _stable_order(next_cost)[:extra]
-        counts[chosen] += 1
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(cols, device=scores.device).expand(rows, cols))
-    return ranks < counts.unsqueeze(1)
+        next_cost = torch.kthvalue(scores, base + 1, dim=1).values  # the value a stable sort puts at position base
+        counts[_stable_order(next_cost)[:extra]] += 1
+    thresholds = torch.zeros(rows, dtype=scores.dtype, device=scores.device)
+    for k in (base, base + 1) if extra else (base,):
+        if 0 < k <= cols:
+            rows_k = counts == k
+            thresholds = torch.where(rows_k, torch.kthvalue(scores, k, dim=1).values, thresholds)
+    below = scores < thresholds.unsqueeze(1)
+    ties = scores == thresholds.unsqueeze(1)
+    room = (counts - below.sum(1)).unsqueeze(1)
+    mask = below | (ties & (torch.cumsum(ties, 1) <= room))
+    return mask & (counts > 0).unsqueeze(1)
 
 
 def n_m_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

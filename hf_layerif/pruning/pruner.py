@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from ..allocation.methods import ALLOCATION_METHODS, allocation_method
-from ..calibration import BlockSequentialRunner, InputStatistics, get_calibration_data
-from ..models.blocks import base_linears, find_transformer_blocks
+from ..calibration import BlockSequentialRunner, get_calibration_and_selection_data, get_calibration_data
+from ..models.blocks import find_transformer_blocks
 from ..models.checks import check_finite_weights, model_max_length
-from ..models.offload import read_weight, write_weight
 from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
-from .config import PRUNING_CONFIG_FILE, PruningConfig
+from .blockwise import collect_block_statistics, prune_block_linears
+from .config import AUTO, PRUNING_CONFIG_FILE, PruningConfig
 from .methods import pruning_method
 from .report import REPORT_FILE, ModuleResult, PruningReport
 
@@ -150,27 +150,78 @@ class LayerIFPruner:
         return {"activation_device": config.activation_device, "activation_dtype": dtype}
 
     def calibration_ids(self, config: PruningConfig, calibration_dataset=None) -> torch.Tensor:
+        self._check_seqlen(config, calibration_dataset)
+        if isinstance(calibration_dataset, torch.Tensor):
+            ids = calibration_dataset
+        else:
+            ids = get_calibration_data(self._tokenizer_for_text(), self._source(config, calibration_dataset),
+                                       config.nsamples, config.seqlen, config.seed)
+        return self._check_ids(ids, "calibration")
+
+    def calibration_and_selection_ids(self, config: PruningConfig, calibration_dataset=None,
+                                      selection_dataset=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Calibration ids [nsamples, seqlen] and the selection split of ``allocation="auto"`` [n, seqlen], with a
+        description of the split. From text, the split is drawn (``selection_seed``) from documents calibration did
+        not use; given calibration token ids need selection token ids (``selection_dataset``) as well."""
+        self._check_seqlen(config, calibration_dataset)
+        if isinstance(selection_dataset, torch.Tensor):
+            calibration = self.calibration_ids(config, calibration_dataset)
+            split = {"source": "token ids given to prune()", "seed": None, "disjoint_from": "given by the caller"}
+            return calibration, self._check_ids(selection_dataset, "selection"), split
+        if isinstance(calibration_dataset, torch.Tensor):
+            raise ValueError("allocation='auto' scores candidates on a selection split that must not overlap the "
+                             "calibration tokens: with calibration token ids, pass selection token ids too "
+                             "(prune(..., selection_dataset=ids [n, seqlen])), or give calibration as text or a file.")
+        tokenizer = self._tokenizer_for_text()
+        if selection_dataset is not None:  # another text source: drawn with the selection seed
+            calibration = self.calibration_ids(config, calibration_dataset)
+            selection = get_calibration_data(tokenizer, selection_dataset, config.selection_nsamples, config.seqlen,
+                                             config.selection_seed)
+            split = {"source": _describe_source(selection_dataset, config), "seed": config.selection_seed,
+                     "disjoint_from": "given by the caller"}
+            return calibration, self._check_ids(selection, "selection"), split
+        source = self._source(config, calibration_dataset)
+        calibration, selection = get_calibration_and_selection_data(
+            tokenizer, source, config.nsamples, config.seqlen, config.seed, config.selection_nsamples,
+            config.selection_seed)
+        split = {"source": _describe_source(calibration_dataset, config), "seed": config.selection_seed,
+                 "disjoint_from": "the calibration documents (none of their windows is drawn)"}
+        return self._check_ids(calibration, "calibration"), self._check_ids(selection, "selection"), split
+
+    def _tokenizer_for_text(self):
+        if self.tokenizer is None:
+            raise ValueError("calibration from text needs a tokenizer: LayerIFPruner(model, tokenizer).")
+        return self.tokenizer
+
+    @staticmethod
+    def _source(config: PruningConfig, calibration_dataset):
+        return calibration_dataset if calibration_dataset is not None else config.calibration
+
+    def _check_seqlen(self, config: PruningConfig, calibration_dataset) -> None:
         limit = model_max_length(self.model)
         if limit is not None and not isinstance(calibration_dataset, torch.Tensor) and config.seqlen > limit:
             raise ValueError(f"seqlen={config.seqlen} calibration tokens exceed the model's context of {limit} "
                              f"positions; pass seqlen <= {limit} (--seqlen {limit}).")
-        if isinstance(calibration_dataset, torch.Tensor):
-            ids = calibration_dataset
-        else:
-            if self.tokenizer is None:
-                raise ValueError("calibration from text needs a tokenizer: LayerIFPruner(model, tokenizer).")
-            source = calibration_dataset if calibration_dataset is not None else config.calibration
-            ids = get_calibration_data(self.tokenizer, source, config.nsamples, config.seqlen, config.seed)
+
+    def _check_ids(self, ids: torch.Tensor, what: str) -> torch.Tensor:
+        limit = model_max_length(self.model)
+        if ids.dim() != 2 or ids.numel() == 0:
+            raise ValueError(f"{what} token ids must be a non-empty [nsamples, seqlen] tensor, got shape {tuple(ids.shape)}.")
         if limit is not None and ids.shape[1] > limit:
-            raise ValueError(f"calibration sequences of {ids.shape[1]} tokens exceed the model's context of {limit} "
+            raise ValueError(f"{what} sequences of {ids.shape[1]} tokens exceed the model's context of {limit} "
                              "positions; lower seqlen.")
         return ids
 
     # --- pruning ------------------------------------------------------------------------------------------
-    def prune(self, config: PruningConfig | None = None, calibration_dataset=None, progress: bool = True) -> PruningReport:
+    def prune(self, config: PruningConfig | None = None, calibration_dataset=None, progress: bool = True,
+              selection_dataset=None, selection_dir: str | os.PathLike | None = None) -> PruningReport:
         """Prune in place and return the :class:`PruningReport`.
 
         ``calibration_dataset``: token ids [nsamples, seqlen], texts, a file or a Hub id (default ``config.calibration``).
+        With ``config.allocation="auto"`` (:mod:`hf_layerif.pruning.selection`): ``selection_dataset`` is the
+        held-out split the candidates are scored on (token ids [n, seqlen] or another text source; default: drawn
+        from the calibration source's unused documents), and ``selection_dir`` keeps finished stages on disk so that
+        a re-run resumes. The report's ``selection`` lists every candidate's objective.
         """
         config = config or PruningConfig()
         check_finite_weights(self.model, "the model to prune")
@@ -178,29 +229,24 @@ class LayerIFPruner:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         method = pruning_method(config.method)
+        selection = None
+        if config.allocation == AUTO:
+            from .selection import select_and_prune
+
+            scores = _load_scores(config.scores)
+            ids, selection_ids, split = self.calibration_and_selection_ids(config, calibration_dataset, selection_dataset)
+            outcome = select_and_prune(self, config, ids, selection_ids, scores, progress, selection_dir, split)
+            self.allocation, results, selection = outcome.allocation, outcome.modules, outcome.record
+            ratios = list(self.allocation.values)
+            return self._finish(config, ids, ratios, results, started, calibration_dataset, selection)
         ids = self.calibration_ids(config, calibration_dataset) if self.needs_calibration(config) else None
         ratios = self.resolve_block_ratios(config, ids, progress)
         results: list[ModuleResult] = []
 
         def prune_block(index: int, block: nn.Module, forward=None) -> None:
-            stats = None
-            if method.statistics is not None:
-                gram = method.statistics == "gram"
-                dtype = getattr(torch, config.hessian_dtype) if gram else torch.float32
-                with InputStatistics(block, gram=gram, dtype=dtype) as stats:
-                    forward()
-            for name, module in base_linears(block):
-                t0 = time.time()
-                weight = read_weight(module)
-                ratio = ratios[index]
-                statistics = (None if stats is None else
-                              stats.grams[name] if method.statistics == "gram" else stats.column_norms(name))
-                new, _, info = method.prune(weight, statistics, ratio, config)
-                write_weight(module, new)
-                achieved = float((new == 0).sum()) / new.numel()
-                results.append(ModuleResult(f"{self.blocks.names[index]}.{name}", index, new.numel(),
-                                            ratio if config.nm is None else config.nm[0] / config.nm[1],
-                                            achieved, time.time() - t0, info))
+            stats = collect_block_statistics(block, method, config, forward)
+            results.extend(prune_block_linears(block, index, self.blocks.names[index], ratios[index], method, config,
+                                               stats))
 
         with torch.no_grad():
             if not method.needs_calibration:
@@ -212,16 +258,21 @@ class LayerIFPruner:
                 runner = BlockSequentialRunner(self.model, ids, batch_size=config.batch_size, blocks=self.blocks,
                                                progress=progress, **self._runner_kwargs(config))
                 runner.run(lambda index, block, forward: prune_block(index, block, forward))
+        return self._finish(config, ids, ratios, results, started, calibration_dataset, None)
+
+    def _finish(self, config: PruningConfig, ids, ratios, results, started: float, calibration_dataset,
+                selection: dict | None) -> PruningReport:
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
         self.config = config
+        extra = {"allocation": getattr(self.allocation, "method", "uniform"),
+                 "calibration": {"nsamples": None if ids is None else int(ids.shape[0]),
+                                 "seqlen": None if ids is None else int(ids.shape[1]),
+                                 "seed": config.seed,
+                                 "source": _describe_source(calibration_dataset, config) if ids is not None else None}}
+        if selection is not None:
+            extra["selection"] = selection
         self.report = PruningReport(config.method, config.structure, list(self.blocks.names), results, list(ratios),
-                                    seconds=time.time() - started, peak_memory_bytes=peak,
-                                    extra={"allocation": getattr(self.allocation, "method", "uniform"),
-                                           "calibration": {"nsamples": None if ids is None else int(ids.shape[0]),
-                                                           "seqlen": None if ids is None else int(ids.shape[1]),
-                                                           "seed": config.seed,
-                                                           "source": _describe_source(calibration_dataset, config)
-                                                           if ids is not None else None}})
+                                    seconds=time.time() - started, peak_memory_bytes=peak, extra=extra)
         return self.report
 
     def push_to_hub(self, repo_id: str, **kwargs):
@@ -264,8 +315,22 @@ class LayerIFPruner:
             self.allocation.save_pretrained(path)
         self.config.save_pretrained(path)
         self.report.save_pretrained(path)
+        if "selection" in self.report.extra:
+            from .selection import SELECTION_PLOT_FILE, plot_selection
+
+            plot_selection(self.report.extra["selection"], path / SELECTION_PLOT_FILE)
         normalize_permissions(path)
         return path
+
+
+def _load_scores(scores):
+    """``PruningConfig.scores``: ``LayerInfluenceScores`` or a per-block vector as given, a string loaded as the
+    ``LayerInfluenceScores`` of a folder or Hub repo."""
+    if not isinstance(scores, (str, os.PathLike)):
+        return scores
+    from ..influence.scores import LayerInfluenceScores
+
+    return LayerInfluenceScores.from_pretrained(scores)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -1,0 +1,257 @@
+"""``allocation="auto"``: choose the per-block sparsity by held-out evidence (METHOD §5.1).
+
+Each candidate allocation (:mod:`~hf_layerif.pruning.candidates`) is pruned with the requested method and scored by
+the pruned model's mean next-token cross-entropy on a *selection split*: windows drawn with their own seed from the
+calibration source's documents that calibration did not read (so disjoint from the calibration sequences, and from
+any evaluation data that is not the calibration source).
+
+Two stages, all candidates of a stage pruned in one pass (:func:`~hf_layerif.pruning.inflight.prune_in_flight`):
+
+1. **Screening**: every candidate is pruned with the first ``ceil(screen_fraction × nsamples)`` calibration
+   sequences and scored. Rule for dropping early: only the ``finalists`` best non-uniform candidates by this
+   screening objective go on; the others are dropped.
+2. **Final**: uniform and the finalists are pruned with all calibration sequences and scored. The chosen allocation
+   is the one with the lowest final objective, ties to uniform, so J(chosen) ≤ J(uniform) holds always, and the
+   model keeps the chosen candidate's pruned weights (the same weights a plain prune with that allocation gives).
+
+With ``screen_fraction = 1`` screening *is* the final evaluation of every candidate (exhaustive), and the chosen one
+is pruned once more to keep its weights. With ``selection_dir``, each finished stage is saved (JSON) and a re-run
+with the same model, data and settings does not recompute it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.blocks import TransformerBlocks
+from ..utils.io import read_json, write_json
+from ..utils.logging import get_logger
+from .blockwise import write_block_weights
+from .candidates import UNIFORM, AllocationCandidate, resolve_candidates
+from .config import PruningConfig
+from .inflight import InFlightResult, prune_in_flight
+from .methods import pruning_method
+from .report import ModuleResult
+
+logger = get_logger(__name__)
+
+SELECTION_STATE_FILE = "selection_state.json"
+SELECTION_PLOT_FILE = "selection.png"
+OBJECTIVE = "mean next-token cross-entropy (nats/token) of the pruned model on the selection split"
+
+
+@dataclass
+class SelectionOutcome:
+    """What :func:`select_and_prune` did: the chosen candidate's allocation and module results, and the record saved
+    in the pruning report (``PruningReport.selection``)."""
+
+    allocation: Any
+    modules: list[ModuleResult]
+    record: dict[str, Any]
+
+
+def screen_size(config: PruningConfig, nsamples: int) -> int:
+    """Calibration sequences used for screening: ceil(screen_fraction × nsamples), at least 1."""
+    return max(1, min(nsamples, math.ceil(config.screen_fraction * nsamples)))
+
+
+def _fingerprint(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _state_key(model, config: PruningConfig, ratio_sets: dict[str, list[float]], calibration_ids, selection_ids) -> dict:
+    from ..influence.checkpoint import fingerprint_parameters
+
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("allocation", "scores", "candidates")}
+    return {"settings": settings, "candidates": ratio_sets,
+            "calibration": None if calibration_ids is None else _fingerprint(calibration_ids),
+            "selection": _fingerprint(selection_ids), "model": fingerprint_parameters(list(model.named_parameters()))}
+
+
+def candidate_allocations(pruner, config: PruningConfig, candidates: list[AllocationCandidate], scores,
+                          calibration_ids: torch.Tensor | None, progress: bool) -> dict[str, Any]:
+    """An :class:`~hf_layerif.allocation.Allocation` per candidate (by name). Model-derived inputs (OWL's outlier
+    ratios, PL_Alpha_Hill) are computed once, whatever the number of candidates that read them."""
+    from ..allocation import sparsity_allocation
+    from .pruner import MODEL_SOURCES
+
+    inputs: dict[str, Any] = {}
+    for source in dict.fromkeys(c.source for c in candidates):
+        if source in MODEL_SOURCES:
+            inputs[source] = MODEL_SOURCES[source](pruner, config, calibration_ids, progress)
+        elif source not in (None, "scores"):
+            raise ValueError(f"a candidate needs {source}, which the pruner cannot compute from the model.")
+    allocations = {}
+    for c in candidates:
+        options = c.options
+        allocations[c.name] = sparsity_allocation(
+            scores if c.source == "scores" else None, config.sparsity, model=pruner.model, method=c.method,
+            epsilon=options.get("epsilon", config.epsilon), smooth=options.get("smooth"),
+            reverse=bool(options.get("reverse", False)), owl_lambda=options.get("owl_lambda", config.owl_lambda),
+            owl_m=config.owl_m, **({c.source: inputs[c.source]} if c.source in inputs else {}))
+    return allocations
+
+
+def _choose(losses: dict[str, float]) -> str:
+    """The lowest loss; uniform wins ties, other ties go to the earlier candidate."""
+    best = UNIFORM
+    for name, loss in losses.items():
+        if loss < losses[best]:
+            best = name
+    return best
+
+
+def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tensor | None, selection_ids: torch.Tensor,
+                     scores=None, progress: bool = True, selection_dir: str | Path | None = None,
+                     split: dict[str, Any] | None = None) -> SelectionOutcome:
+    """Choose among the candidates of ``config`` by the selection objective and leave ``pruner.model`` pruned with
+    the chosen one (module docstring). ``calibration_ids`` [nsamples, seqlen] (None for a method without calibration
+    when no candidate needs it); ``selection_ids`` [n, seqlen]; ``split`` describes the selection split."""
+    started = time.time()
+    blocks: TransformerBlocks = pruner.blocks
+    model = pruner.model
+    method = pruning_method(config.method)
+    candidates = resolve_candidates(config.candidates, scores is not None)
+    allocations = candidate_allocations(pruner, config, candidates, scores, calibration_ids, progress)
+    ratio_sets = {name: [float(v) for v in a.values] for name, a in allocations.items()}
+    nsamples = 0 if calibration_ids is None else int(calibration_ids.shape[0])
+    n_screen = screen_size(config, nsamples) if nsamples else 0
+    exhaustive = not method.needs_calibration or n_screen >= nsamples
+
+    state_file = Path(selection_dir) / SELECTION_STATE_FILE if selection_dir is not None else None
+    key = _state_key(model, config, ratio_sets, calibration_ids, selection_ids)
+    state: dict[str, Any] = {"key": key}
+    if state_file is not None and state_file.exists():
+        saved = read_json(state_file)
+        if saved.get("key") == key:
+            state = saved
+            logger.warning("Resuming allocation selection from %s (stages done: %s).", state_file,
+                           ", ".join(s for s in ("screen", "final") if s in saved) or "none")
+        else:
+            logger.warning("%s belongs to another selection run (model, data or settings differ); starting over.",
+                           state_file)
+
+    def save_state() -> None:
+        if state_file is not None:
+            write_json(state_file, state)
+
+    def run(names: list[str], ids, keep: bool, desc: str) -> dict[str, InFlightResult]:
+        results = prune_in_flight(model, blocks, method, config, [ratio_sets[n] for n in names], ids, selection_ids,
+                                  keep_weights=keep, progress=progress, desc=desc)
+        return dict(zip(names, results))
+
+    names = list(ratio_sets)
+    if "screen" not in state:
+        screen_ids = None if calibration_ids is None else calibration_ids[:n_screen] if not exhaustive else calibration_ids
+        what = "all" if exhaustive else f"{n_screen} of {nsamples}"
+        screened = run(names, screen_ids, False, f"screening {len(names)} allocations ({what} calibration sequences)")
+        state["screen"] = {n: r.loss for n, r in screened.items()}
+        save_state()
+    screen_losses: dict[str, float] = state["screen"]
+
+    if exhaustive:
+        finalists = names
+        if "final" not in state:
+            state["final"] = dict(screen_losses)
+            save_state()
+    else:
+        ranked = sorted((n for n in names if n != UNIFORM), key=lambda n: screen_losses[n])
+        finalists = [UNIFORM] + ranked[: config.finalists]
+    kept: dict[str, InFlightResult] = {}
+    if "final" not in state:
+        kept = run(finalists, calibration_ids, True, f"final evaluation of {len(finalists)} allocations")
+        state["final"] = {n: r.loss for n, r in kept.items()}
+        save_state()
+    final_losses: dict[str, float] = state["final"]
+    chosen = _choose({n: final_losses[n] for n in finalists})
+    if chosen not in kept:  # exhaustive, or resumed after the final stage: prune the chosen one again (deterministic)
+        kept = run([chosen], calibration_ids, True, f"pruning with the chosen allocation {chosen}")
+        recomputed, recorded = kept[chosen].loss, final_losses[chosen]
+        if not math.isclose(recomputed, recorded, rel_tol=1e-5, abs_tol=1e-7):
+            logger.warning("The chosen allocation's objective is %.6f now but %.6f was recorded; the model or the "
+                           "numerics changed since the recorded stage.", recomputed, recorded)
+            final_losses[chosen] = recomputed
+    for block, weights in zip(blocks.modules, kept[chosen].weights):
+        write_block_weights(block, weights)
+
+    rows = []
+    for name in names:
+        final = final_losses.get(name) if name in finalists else None
+        rows.append({**next(c for c in candidates if c.name == name).to_dict(),
+                     "screen_loss": screen_losses[name], "loss": final,
+                     "ppl": None if final is None else math.exp(final), "finalist": name in finalists,
+                     "ratios": ratio_sets[name]})
+    record = {
+        "objective": OBJECTIVE,
+        "split": {**(split or {}), "nsamples": int(selection_ids.shape[0]), "seqlen": int(selection_ids.shape[1]),
+                  "tokens": int(selection_ids.shape[0] * (selection_ids.shape[1] - 1))},
+        "rule": ("every candidate pruned with all calibration sequences; lowest objective chosen, ties to uniform"
+                 if exhaustive else
+                 f"screening with {n_screen} of {nsamples} calibration sequences; uniform and the best "
+                 f"{config.finalists} other(s) pruned with all of them; lowest final objective chosen, ties to uniform"),
+        "screen_nsamples": nsamples if exhaustive else n_screen,
+        "finalists": finalists,
+        "candidates": rows,
+        "chosen": chosen,
+        "uniform_loss": final_losses[UNIFORM],
+        "chosen_loss": final_losses[chosen],
+        "seconds": round(time.time() - started, 3),
+    }
+    logger.info("Allocation selection: chose %s (objective %.5f; uniform %.5f).", chosen, final_losses[chosen],
+                final_losses[UNIFORM])
+    return SelectionOutcome(allocations[chosen], kept[chosen].modules, record)
+
+
+def selection_table(record: dict[str, Any]) -> str:
+    """The candidates of a selection record as a text table (objective in nats/token; ``*`` marks the chosen one)."""
+    rows = record["candidates"]
+    width = max(len("candidate"), *(len(r["name"]) for r in rows))
+    lines = [f"  {'candidate':<{width}}  {'screen loss':>11}  {'final loss':>10}  {'final ppl':>9}"]
+    for r in rows:
+        final = "-" if r["loss"] is None else f"{r['loss']:.5f}"
+        ppl = "-" if r["ppl"] is None else f"{r['ppl']:.3f}"
+        mark = "*" if r["name"] == record["chosen"] else " "
+        lines.append(f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}")
+    lines.append(f"chosen: {record['chosen']} ({record['rule']})")
+    return "\n".join(lines)
+
+
+def plot_selection(record: dict[str, Any], path: str | Path) -> Path:
+    """Bars of every candidate's screening and final objective (PNG); the chosen one is outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..utils.io import save_figure
+
+    rows = record["candidates"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4.2))
+    ax.bar(x - 0.2, [r["screen_loss"] for r in rows], 0.4, label="screening", color="#9ab")
+    finals = [r["loss"] if r["loss"] is not None else np.nan for r in rows]
+    bars = ax.bar(x + 0.2, finals, 0.4, label="final", color="#357")
+    chosen = [i for i, r in enumerate(rows) if r["name"] == record["chosen"]][0]
+    bars[chosen].set_edgecolor("#d40")
+    bars[chosen].set_linewidth(2.5)
+    values = [v for r in rows for v in (r["screen_loss"], r["loss"]) if v is not None]
+    low, high = min(values), max(values)
+    ax.set_ylim(low - 0.15 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("selection loss (nats/token)")
+    ax.set_title(f"Allocation selection: {record['chosen']} chosen")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+__all__ = ["SELECTION_STATE_FILE", "SelectionOutcome", "plot_selection", "select_and_prune", "selection_table"]
