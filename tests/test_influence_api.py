@@ -139,12 +139,30 @@ def test_block_score_aggregations_match_definitions():
 def test_repeats_report_initialisation_stability():
     model = with_lora(tiny_llama(torch.float32))  # fresh adapter: B = 0
     a_before = [p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n]
-    scores = compute_layer_influence(model, random_samples(6), random_samples(2, seed=1), repeats=3,
+    scores = compute_layer_influence(model, random_samples(6), random_samples(2, seed=1), repeats=3, fit_steps=0,
                                      progress=False, bootstrap_samples=10)
     assert scores.repeat_block_scores.shape == (3, 3)
     assert "repeats" in scores.stability()
     a_after = [p.detach() for n, p in model.named_parameters() if "lora_A" in n]
     assert all(torch.equal(x, y) for x, y in zip(a_before, a_after))  # the user's adapter is restored
+
+
+def test_one_default_protocol_fits_a_fresh_adapter_and_scores_a_trained_one_as_is():
+    """fit_steps=None (the default of the API, the Trainer and the CLI): a fresh adapter is fitted DEFAULT_FIT_STEPS
+    steps; an adapter trained before the call is scored as it is."""
+    from hf_layerif.influence.arguments import DEFAULT_FIT_STEPS, InfluenceArguments
+    from hf_layerif.influence.runner import resolve_fit_steps
+
+    assert resolve_fit_steps(InfluenceArguments(), True, 1).fit_steps == DEFAULT_FIT_STEPS
+    assert resolve_fit_steps(InfluenceArguments(), False, 1).fit_steps == 0
+    assert resolve_fit_steps(InfluenceArguments(), True, 2).fit_steps == 0
+    assert resolve_fit_steps(InfluenceArguments(fit_steps=7), True, 1).fit_steps == 7
+    fresh = compute_layer_influence(with_lora(tiny_llama()), random_samples(4), random_samples(2, seed=1), repeats=1,
+                                    progress=False, bootstrap_samples=0)
+    assert fresh.arguments["fit_steps"] == DEFAULT_FIT_STEPS and fresh.provenance["protocol"]["adapter"] == "fitted"
+    trained = compute_layer_influence(with_lora(tiny_llama(), randomize_b=True), random_samples(4),
+                                      random_samples(2, seed=1), progress=False, bootstrap_samples=0)
+    assert trained.arguments["fit_steps"] == 0 and trained.provenance["protocol"]["adapter"] == "trained"
 
 
 def test_bad_input_fails_early_with_a_fix():
@@ -215,8 +233,10 @@ def test_fresh_adapter_skips_zero_a_gradients_without_changing_scores(monkeypatc
     engine = InfluenceEngine(model, hf_layerif.InfluenceArguments())
     assert all(".lora_B." in m.name for ms in engine.capture.tracked for m in ms)
     assert engine.layout.dims().tolist() == [sum(m.numel for m in ms) for ms in engine.tracked]
-    skipped = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
+    skipped = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0,
+                                      fit_steps=0)
     monkeypatch.setattr(engine_module, "zero_gradient_lora_a", lambda module, modules: False)
-    full = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0)
+    full = compute_layer_influence(model, train, val, estimator=estimator, progress=False, bootstrap_samples=0,
+                                   fit_steps=0)
     torch.testing.assert_close(skipped.influence, full.influence, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(skipped.damping, full.damping, rtol=1e-12, atol=0)

@@ -111,15 +111,20 @@ def test_calibration_longer_than_the_context_is_refused_or_capped(caplog):
     from hf_layerif.utils.logging import get_logger
 
     model = tiny_llama(layers=2)  # 64 positions
-    with pytest.raises(ValueError, match="exceed the model's context of 64"):
-        LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5, seqlen=128), ["text"], progress=False)
+    with pytest.raises(ValueError, match="exceed the model's context of 64"):  # given token ids are never cut
+        LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5), torch.zeros(2, 128, dtype=torch.long),
+                                   progress=False)
     logger = get_logger("hf_layerif")
     logger.addHandler(caplog.handler)
     try:
         assert check_sequence_length(2048, model, "--seqlen") == 64
+        # from text, prune caps seqlen the same way (then needs a tokenizer to read the text)
+        with pytest.raises(ValueError, match="needs a tokenizer"):
+            LayerIFPruner(model).prune(PruningConfig(method="wanda", sparsity=0.5, seqlen=128), ["text"], progress=False)
     finally:
         logger.removeHandler(caplog.handler)
     assert "--seqlen=2048 is longer than the model's context (64 positions)" in caplog.text
+    assert "seqlen=128 is longer than the model's context (64 positions); using 64 tokens" in caplog.text
 
 
 # --- lost or leaked work ------------------------------------------------------------------------------------
@@ -135,7 +140,8 @@ def test_prune_saves_the_model_before_an_evaluation_that_fails(tmp_path, monkeyp
     monkeypatch.setattr(datasets, "load_dataset", offline)
     c4 = SHARED_DATA / "text" / "c4" / "c4_en_train00000_first1000.jsonl"
     code = main(["prune", "--model", str(STORIES260K), "--method", "magnitude", "--sparsity", "0.5",
-                 "--calibration", str(c4), "--output", str(tmp_path), "--eval", "boolq", "--device", "cpu"])
+                 "--calibration", str(c4), "--output", str(tmp_path), "--eval", "boolq", "--device", "cpu",
+                 "--allocation", "uniform"])
     assert code == 1
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "pruning_report.json").exists()
     results = json.loads((tmp_path / "eval_results.json").read_text())

@@ -77,12 +77,6 @@ def run(argv: list[str]) -> int:
 
 
 def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int:
-    from ..influence.arguments import CLI_FIT_STEPS
-
-    if influence_args.fit_steps is None and not score_args.adapter and influence_args.target == "lora":
-        # the method scores a task-fitted adapter: fit the fresh one first (--fit_steps 0 scores it fresh)
-        influence_args.fit_steps = CLI_FIT_STEPS
-
     from ..influence.api import compute_layer_influence
 
     names = None

@@ -10,7 +10,7 @@ TARGETS = ("lora", "full")
 GRANULARITIES = ("block", "tensor")
 GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 SOLVE_DTYPES = ("float64", "float32")
-CLI_FIT_STEPS = 100  # hf-layerif score without --adapter fits its fresh adapter this long unless told otherwise
+DEFAULT_FIT_STEPS = 100  # fit_steps=None fits a fresh scoring adapter this long (API, Trainer and CLI alike)
 
 
 @dataclass
@@ -56,8 +56,9 @@ class InfluenceArguments:
             draw's influence is divided by its mean |I| before averaging, so every draw weighs the same. ``None``
             (default): 3 for a fresh adapter or one fitted here, 1 for an adapter trained before the call.
         fit_steps: fit the (fresh) scoring adapter on the training samples for this many AdamW steps before
-            scoring, the setting LayerIF and DataInf assume (METHOD §1). 0 or ``None``: score the adapter as given
-            (``hf-layerif score`` without ``--adapter`` uses :data:`CLI_FIT_STEPS` when it is ``None``).
+            scoring, the setting LayerIF and DataInf assume (METHOD §1). ``None`` (default, the same in the API, the
+            Trainer and the CLI): :data:`DEFAULT_FIT_STEPS` for a fresh LoRA adapter, 0 for an adapter trained
+            before the call; 0 scores the adapter as given.
         fit_learning_rate: peak learning rate of that fit (linear warm-up over 10% of the steps, linear decay).
         fit_batch_size: samples per fitting step (``None``: ``batch_size``).
         block_pattern: regex over module names that selects the blocks (overrides discovery).
@@ -88,7 +89,7 @@ class InfluenceArguments:
     fraction: float = field(default=0.25, metadata={"help": "Fraction used by aggregation=top_fraction."})
     bootstrap_samples: int = field(default=200, metadata={"help": "Bootstrap resamples for ranking stability (0: off)."})
     repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})
-    fit_steps: int | None = field(default=None, metadata={"help": "AdamW steps fitting the fresh scoring adapter to the training samples before scoring (0: score it fresh; default: 0 in the API, 100 in `hf-layerif score` without --adapter)."})
+    fit_steps: int | None = field(default=None, metadata={"help": "AdamW steps fitting the fresh scoring adapter to the training samples before scoring (default: 100 for a fresh adapter, 0 for a trained one; 0: score it as given)."})
     fit_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the adapter fit."})
     fit_batch_size: int | None = field(default=None, metadata={"help": "Samples per fitting step (default: batch_size)."})
     block_pattern: str | None = field(default=None, metadata={"help": "Regex selecting the blocks by module name."})

@@ -13,6 +13,7 @@ import torch
 
 from ..utils.locking import folder_lock
 from ..utils.logging import get_logger
+from .arguments import DEFAULT_FIT_STEPS
 from .checkpoint import (
     CHECKPOINT_DIRNAME,
     check_resumable,
@@ -29,6 +30,21 @@ from .scores import SCORES_JSON, LayerInfluenceScores
 logger = get_logger(__name__)
 
 
+def resolve_fit_steps(args, fresh: bool, processes: int):
+    """The one scoring protocol of the API, the Trainer and the CLI (``fit_steps=None``, the default): a fresh LoRA
+    adapter is fitted :data:`DEFAULT_FIT_STEPS` steps to the task before scoring (the method's setting); an adapter
+    trained before the call, or ``target="full"``, is scored as it is. Several processes cannot fit in one: a fresh
+    adapter is then scored unfitted, with a warning. An explicit ``fit_steps`` is kept."""
+    if args.fit_steps is not None:
+        return args
+    steps = DEFAULT_FIT_STEPS if fresh else 0
+    if steps and processes > 1:
+        logger.warning("The fresh LoRA adapter is scored without fitting: fitting runs in one process. Train it first "
+                       "(LayerInfluenceTrainer.train()) for the method's setting, or pass fit_steps=0 to silence this.")
+        steps = 0
+    return args.replace(fit_steps=steps)
+
+
 def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int,
                   data_fingerprint: dict, output_dir: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None) -> LayerInfluenceScores:
@@ -37,10 +53,10 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     Shared by :func:`compute_layer_influence` and :class:`hf_layerif.LayerInfluenceTrainer`: checkpointing
     into ``output_dir/influence_checkpoint``, repeated adapter initialisations, provenance and saving.
     """
-    args = engine.args
-    model = engine.model
     accelerator = engine.accelerator
-    fresh = args.target == "lora" and lora_is_fresh(engine.tracked)
+    fresh = engine.args.target == "lora" and lora_is_fresh(engine.tracked)
+    engine.args = args = resolve_fit_steps(engine.args, fresh, 1 if accelerator is None else accelerator.num_processes)
+    model = engine.model
     if args.target == "lora" and not fresh:
         if args.fit_steps:
             raise ValueError("fit_steps fits a fresh adapter, but this adapter is already trained (its B matrices are "

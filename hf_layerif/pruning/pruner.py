@@ -8,6 +8,7 @@ offload map) both work.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 from ..allocation.methods import ALLOCATION_METHODS, allocation_method
 from ..calibration import BlockSequentialRunner, get_calibration_and_selection_data, get_calibration_data
 from ..models.blocks import find_transformer_blocks
-from ..models.checks import check_finite_weights, model_max_length
+from ..models.checks import check_finite_weights, check_sequence_length, model_max_length
 from ..utils.io import normalize_permissions
 from ..utils.logging import get_logger
 from .blockwise import collect_block_statistics, prune_block_linears
@@ -197,6 +198,13 @@ class LayerIFPruner:
     def _source(config: PruningConfig, calibration_dataset):
         return calibration_dataset if calibration_dataset is not None else config.calibration
 
+    def _fit_to_context(self, config: PruningConfig, calibration_dataset) -> PruningConfig:
+        """``config`` with ``seqlen`` capped at the model's context (said once), for calibration drawn from text."""
+        if isinstance(calibration_dataset, torch.Tensor):
+            return config
+        seqlen = check_sequence_length(config.seqlen, self.model, "seqlen")  # the rule `hf-layerif allocate` uses
+        return config if seqlen == config.seqlen else dataclasses.replace(config, seqlen=seqlen)
+
     def _check_seqlen(self, config: PruningConfig, calibration_dataset) -> None:
         limit = model_max_length(self.model)
         if limit is not None and not isinstance(calibration_dataset, torch.Tensor) and config.seqlen > limit:
@@ -223,7 +231,7 @@ class LayerIFPruner:
         from the calibration source's unused documents), and ``selection_dir`` keeps finished stages on disk so that
         a re-run resumes. The report's ``selection`` lists every candidate's objective.
         """
-        config = config or PruningConfig()
+        config = self._fit_to_context(config or PruningConfig(), calibration_dataset)
         check_finite_weights(self.model, "the model to prune")
         started = time.time()
         if torch.cuda.is_available():
