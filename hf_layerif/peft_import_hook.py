@@ -4,7 +4,9 @@ A ``sys.meta_path`` finder answers only for the top-level ``peft`` module: it as
 spec and wraps its loader so that, once peft's ``__init__`` has executed, the PEFT type is registered. The finder
 stays installed until peft is really executed: a mere ``importlib.util.find_spec("peft")`` (transformers probes
 for peft that way while loading any model) returns a spec that is never executed, and must not disarm it.
-Registration errors are warned about, never raised into peft's import.
+Registration errors are warned about, never raised into peft's import. When peft is first imported by the tuner
+package itself (``from hf_layerif import LayerIFConfig`` before peft), the finder leaves registration to that
+package, which registers once its own import finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class _RegisteringLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         _remove_finder()
+        if f"{__package__}.tuners" in sys.modules:
+            # the tuner package is imported (it registered at its end) or being imported right now: peft was
+            # imported from inside it, and the package registers when its own import finishes
+            return
         try:
             from .tuners import register  # importing the tuner package registers the type
 
