@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .capture import per_sample_loss
+from hf_layerif.influence.capture import per_sample_loss
 
 
 def make_kronfluence_task(model: nn.Module, adapter_suffixes: tuple[str, ...] = ("lora_A.default", "lora_B.default")):

@@ -49,8 +49,11 @@ def test_score_with_model_and_files(tmp_path, capsys):
     assert meta["estimator"]["name"] == "exact" and meta["num_blocks"] == 5
 
 
-def test_cli_rejects_bad_options():
-    with pytest.raises(ValueError, match="estimator"):
+def test_cli_rejects_bad_options(capsys, monkeypatch):
+    assert main(["score", "--estimator", "ekfac"]) == 2
+    assert "hf-layerif score: error: estimator='ekfac' is not supported" in capsys.readouterr().err
+    monkeypatch.setenv("HF_LAYERIF_DEBUG", "1")
+    with pytest.raises(ValueError, match="estimator"):  # the traceback on request
         main(["score", "--estimator", "ekfac"])
     assert main(["nonsense"]) == 2
 

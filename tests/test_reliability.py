@@ -512,3 +512,28 @@ def test_allocation_card_states_the_scoring_protocol_and_its_stability(tmp_path)
     card = (tmp_path / "card" / "README.md").read_text()
     assert "a LoRA adapter fitted 3 steps to the training samples, averaged over 3 draws" in card
     assert "mean pairwise Spearman between draws" in card and "5th-percentile bootstrap Spearman" in card
+
+
+def test_missing_model_folder_and_empty_data_fail_in_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import transformers
+
+    from hf_layerif.cli.main import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"text": "hello world"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    missing = str(tmp_path / "no-such-model")
+    assert main(["score", "--model", missing, "--train", str(data), "--validation", str(data)]) == 2
+    assert f"--model {missing}: no such folder" in capsys.readouterr().err
+    assert main(["prune", "--model", "./no-such-model", "--output", str(tmp_path / "out")]) == 2
+    assert "--model ./no-such-model: no such folder (a local path, so the Hub was not asked)" in capsys.readouterr().err
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert main(["score", "--model", str(folder), "--train", str(empty), "--validation", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty} is empty: it holds no samples" in err and len(err.strip().splitlines()) == 1

@@ -72,6 +72,9 @@ def _load_model(args: AllocateArguments):
     if args.model is None:
         raise SystemExit(f"--baseline {args.baseline} reads the model: pass --model.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..data.loading import check_model_source
+
+    check_model_source(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, revision=args.revision, dtype="auto").to(device).eval()
     return model, AutoTokenizer.from_pretrained(args.model, revision=args.revision)
 

@@ -49,8 +49,9 @@ def demo(args: DemoArguments) -> int:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..data import prepare_examples
-        from ..data.loading import load_any_dataset
+        from ..data.loading import check_model_source, load_any_dataset
 
+        check_model_source(args.model)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model).eval()
         train = prepare_examples(load_any_dataset(args.train, max_samples=args.max_samples), tokenizer, args.max_length)

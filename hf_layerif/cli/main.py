@@ -30,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-layerif: unknown command {command!r}; choose one of {sorted(COMMANDS)}", file=sys.stderr)
         return 2
     import importlib
+    import os
 
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.run(argv) or 0)
+    try:
+        return int(module.run(argv) or 0)
+    except (FileNotFoundError, ValueError) as err:  # bad input: one line that names the fix, not a traceback
+        if os.environ.get("HF_LAYERIF_DEBUG"):
+            raise
+        print(f"hf-layerif {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,7 @@ def run(argv: list[str]) -> int:
 def prune(args: PruneArguments, config: PruningConfig) -> int:
     import torch
 
+    from ..data.loading import check_model_source
     from ..evaluation import zero_shot
     from ..evaluation.perplexity import load_wikitext2_test
     from ..evaluation.zero_shot import PAPER_TASKS
@@ -76,16 +77,17 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     kwargs = {"revision": args.revision, "dtype": "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)}
     if args.device_map:
         kwargs["device_map"] = args.device_map
-    pruner = LayerIFPruner.from_pretrained(args.model, **kwargs)
-    if not args.device_map:
-        pruner.model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wanted = [w.strip() for w in args.eval.split(",") if w.strip()] if args.eval else []
     files = dict(item.split("=", 1) for item in args.task_files.split(",")) if args.task_files else {}
-    for task, path in files.items():  # a typo in a local path fails now, not after pruning
+    for task, path in files.items():  # a typo in a local path fails now, before the model loads
         if not os.path.exists(path):
             raise SystemExit(f"--task_files: the file for {task!r} does not exist: {path}")
     if args.wikitext2 and not os.path.exists(args.wikitext2):
         raise SystemExit(f"--wikitext2: no such file: {args.wikitext2}")
+    check_model_source(args.model)
+    pruner = LayerIFPruner.from_pretrained(args.model, **kwargs)
+    if not args.device_map:
+        pruner.model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     selection_dir = os.path.join(args.output, SELECTION_DIRNAME)
     report = pruner.prune(config, selection_dir=selection_dir)
     print(report.table())

@@ -96,7 +96,9 @@ def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int
     else:
         if not (score_args.train and score_args.validation):
             raise SystemExit("--model needs --train and --validation data.")
-        from ..data.loading import load_any_dataset, looks_local
+        from ..data.loading import check_model_source, load_any_dataset, looks_local
+
+        check_model_source(score_args.model)
         from ..utils.io import is_local_path
 
         train = load_any_dataset(score_args.train, score_args.train_split, score_args.max_train_samples)

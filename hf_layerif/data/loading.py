@@ -44,6 +44,21 @@ def load_hub_dataset(name: str, config: str | None = None, *, local_option: str,
         ) from err
 
 
+def check_model_source(spec: str, option: str = "--model") -> str:
+    """``spec`` when it can name a model: an existing local folder, or something that is not written as a path (a
+    Hub id). A path that does not exist raises at once, naming ``option``, before anything loads or asks the Hub."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{option} {spec}: a file, not a model folder; give the folder that holds "
+                                    "config.json, or a Hub id (owner/name).")
+        return spec
+    if spec.startswith(("./", "../", "/", "~", ".\\")) or spec.count("/") > 1 or spec.endswith("/"):
+        raise FileNotFoundError(f"{option} {spec}: no such folder (a local path, so the Hub was not asked); give an "
+                                "existing model folder or a Hub id (owner/name).")
+    return spec
+
+
 def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = None, seed: int | None = None):
     """Load ``spec`` as a ``datasets.Dataset``.
 
@@ -62,6 +77,9 @@ def load_any_dataset(spec: str, split: str = "train", max_samples: int | None = 
         raise FileNotFoundError(f"{spec}: no such file or folder (a local path, so the Hub was not asked).")
     if path.is_file():
         suffix = path.suffix.lower()
+        if suffix in (".json", ".jsonl", ".csv") and not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise ValueError(f"{spec} is empty: it holds no samples. Give a file with samples (.jsonl: one JSON "
+                             "object per line, e.g. {\"text\": ...}).")
         if suffix in (".json", ".jsonl"):
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         elif suffix == ".csv":

@@ -1,0 +1,33 @@
+"""Every benchmark script imports (its module-level code runs) and its result-table helper rewrites only its block."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_module_imports(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop(name, None)
+    module = importlib.import_module(name)  # a broken import (a module that does not exist) fails here
+    assert module.__doc__
+
+
+def test_results_block_replaces_only_its_block(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from results_block import read_block, replace_block
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\nhand-written text\n")
+    replace_block(path, "demo", "| a |\n|---|\n| 1 |")
+    replace_block(path, "other", "x")
+    replace_block(path, "demo", "| a |\n|---|\n| 2 |")
+    text = path.read_text()
+    assert text.startswith("# Results\n\nhand-written text\n") and text.count("BEGIN demo") == 1
+    assert read_block(path, "demo") == "| a |\n|---|\n| 2 |" and read_block(path, "other") == "x"
+    assert read_block(path, "missing") is None
