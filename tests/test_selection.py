@@ -230,3 +230,25 @@ def test_card_and_cli_show_the_selection(tmp_path, capsys):
     saved = PruningReport.from_pretrained(tmp_path / "pruned")
     assert [r["name"] for r in saved.extra["selection"]["candidates"]] == ["uniform", "owl", "alphapruning"]
     assert not (tmp_path / "pruned" / ".selection").exists()
+
+
+def test_screening_reads_its_subset_and_finalists_all_calibration():
+    """OWL's outlier ratios come from the screening subset while screening, and from every calibration sequence
+    for a finalist: the final OWL model equals a plain OWL prune."""
+    from hf_layerif.allocation.owl import layerwise_outlier_distribution
+
+    calibration, selection = _ids(16), _ids(6, seed=1)
+    model = tiny_llama(layers=4)
+    config = _auto(nsamples=16, candidates="owl", screen_fraction=0.25)
+    pruner = LayerIFPruner(model)
+    record = pruner.prune(config, calibration, progress=False, selection_dataset=selection).extra["selection"]
+    assert record["screen_nsamples"] == 4 and record["finalists"] == ["uniform", "owl"]
+    reference = tiny_llama(layers=4)
+    full = LayerIFPruner(reference).prune(PruningConfig(method="wanda", sparsity=0.5, allocation="owl", batch_size=3),
+                                          calibration, progress=False)
+    owl = next(r for r in record["candidates"] if r["name"] == "owl")
+    assert owl["ratios"] == full.block_ratios
+    assert owl["loss"] == pytest.approx(model_loss(reference, selection, batch_size=3), rel=1e-6)
+    subset = layerwise_outlier_distribution(tiny_llama(layers=4), calibration[:4], batch_size=3, progress=False)
+    whole = layerwise_outlier_distribution(tiny_llama(layers=4), calibration, batch_size=3, progress=False)
+    assert subset != whole  # the two stages really read different calibration

@@ -8,9 +8,11 @@ any evaluation data that is not the calibration source).
 Two stages, all candidates of a stage pruned in one pass (:func:`~hf_layerif.pruning.inflight.prune_in_flight`):
 
 1. **Screening**: every candidate is pruned with the first ``ceil(screen_fraction × nsamples)`` calibration
-   sequences and scored. Rule for dropping early: only the ``finalists`` best non-uniform candidates by this
-   screening objective go on; the others are dropped.
-2. **Final**: uniform and the finalists are pruned with all calibration sequences and scored. The chosen allocation
+   sequences and scored; model-derived inputs read from calibration activations (OWL's outlier ratios) come from
+   the same subset. Rule for dropping early: only the ``finalists`` best non-uniform candidates by this screening
+   objective go on; the others are dropped.
+2. **Final**: uniform and the finalists are pruned with all calibration sequences (their outlier ratios too) and
+   scored. The chosen allocation
    is the one with the lowest final objective, ties to uniform, so J(chosen) ≤ J(uniform) holds always, and the
    model keeps the chosen candidate's pruned weights (the same weights a plain prune with that allocation gives).
 
@@ -43,6 +45,8 @@ from .report import ModuleResult
 logger = get_logger(__name__)
 
 SELECTION_STATE_FILE = "selection_state.json"
+# per-block inputs of allocation methods computed from calibration activations (screened on the screening subset)
+CALIBRATION_SOURCES = ("outlier_ratios",)
 SELECTION_PLOT_FILE = "selection.png"
 OBJECTIVE = "mean next-token cross-entropy (nats/token) of the pruned model on the selection split"
 
@@ -119,11 +123,13 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     model = pruner.model
     method = pruning_method(config.method)
     candidates = resolve_candidates(config.candidates, scores is not None)
-    allocations = candidate_allocations(pruner, config, candidates, scores, calibration_ids, progress)
-    ratio_sets = {name: [float(v) for v in a.values] for name, a in allocations.items()}
     nsamples = 0 if calibration_ids is None else int(calibration_ids.shape[0])
     n_screen = screen_size(config, nsamples) if nsamples else 0
     exhaustive = not method.needs_calibration or n_screen >= nsamples
+    screen_ids = calibration_ids if exhaustive or calibration_ids is None else calibration_ids[:n_screen]
+    # screening reads only its subset of the calibration, model-derived inputs (OWL's outlier ratios) included
+    allocations = candidate_allocations(pruner, config, candidates, scores, screen_ids, progress)
+    ratio_sets = {name: [float(v) for v in a.values] for name, a in allocations.items()}
 
     state_file = Path(selection_dir) / SELECTION_STATE_FILE if selection_dir is not None else None
     key = _state_key(model, config, ratio_sets, calibration_ids, selection_ids)
@@ -149,7 +155,6 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
 
     names = list(ratio_sets)
     if "screen" not in state:
-        screen_ids = None if calibration_ids is None else calibration_ids[:n_screen] if not exhaustive else calibration_ids
         what = "all" if exhaustive else f"{n_screen} of {nsamples}"
         screened = run(names, screen_ids, False, f"screening {len(names)} allocations ({what} calibration sequences)")
         state["screen"] = {n: r.loss for n, r in screened.items()}
@@ -164,6 +169,11 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     else:
         ranked = sorted((n for n in names if n != UNIFORM), key=lambda n: screen_losses[n])
         finalists = [UNIFORM] + ranked[: config.finalists]
+        # finalists whose ratios come from calibration statistics get them from all calibration sequences
+        recalibrate = [c for c in candidates if c.name in finalists and c.source in CALIBRATION_SOURCES]
+        if recalibrate:
+            allocations.update(candidate_allocations(pruner, config, recalibrate, scores, calibration_ids, progress))
+            ratio_sets.update({c.name: [float(v) for v in allocations[c.name].values] for c in recalibrate})
     kept: dict[str, InFlightResult] = {}
     if "final" not in state:
         kept = run(finalists, calibration_ids, True, f"final evaluation of {len(finalists)} allocations")
