@@ -21,7 +21,8 @@ from torch import nn
 
 from ..influence.scores import SIGN_CONVENTION
 from ..models.blocks import base_linears, find_transformer_blocks
-from ..utils.io import display_name, read_versioned_json, save_figure
+from ..utils.fingerprint import fingerprint_parameters
+from ..utils.io import display_name, is_local_path, portable_source, read_versioned_json, save_figure
 from ..utils.pretrained import JsonPretrainedMixin
 from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
@@ -46,9 +47,13 @@ def describe_model(model: nn.Module, block_pattern: str | None = None) -> dict[s
     base = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
     config = getattr(base, "config", None)
     architectures = getattr(config, "architectures", None) if config is not None else None
+    model_id = getattr(config, "_name_or_path", None) or None
+    local = model_id is not None and is_local_path(model_id)
     return {
         "architecture": (architectures[0] if architectures else type(base).__name__),
-        "model_id": getattr(config, "_name_or_path", None) or None,
+        # a local folder is recorded as local:<name> with a fingerprint of the weights, never as a path
+        "model_id": portable_source(model_id),
+        **({"fingerprint": fingerprint_parameters(list(base.named_parameters()))} if local else {}),
         "revision": getattr(config, "_commit_hash", None),
         "num_blocks": len(blocks),
         "block_names": list(blocks.names),
@@ -68,6 +73,7 @@ def describe_from_scores(scores) -> dict[str, Any]:
     return {
         "architecture": architectures[0] if architectures else model.get("class"),
         "model_id": model.get("model_id") or None,
+        **({"fingerprint": model["fingerprint"]} if model.get("fingerprint") else {}),
         "revision": model.get("revision"),
         "num_blocks": len(scores.block_names),
         "block_names": list(scores.block_names),

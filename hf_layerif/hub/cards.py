@@ -20,6 +20,7 @@ CITATION = """@article{askari2025layerif,
   year    = {2025},
   url     = {https://arxiv.org/abs/2505.23811}
 }"""
+ARXIV_TAG = "arxiv:2505.23811"  # the paper: every card links it (the Hub lists the model under the paper)
 PROJECT_LINK = "https://pypi.org/project/hf-layerif/"
 
 

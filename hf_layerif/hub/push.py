@@ -17,9 +17,9 @@ from typing import Any
 
 from ..allocation.allocation import ALLOCATION_FILE, Allocation, plot_allocations
 from ..data.loading import looks_local
-from ..utils.io import display_name, is_local_path, normalize_permissions
+from ..utils.io import display_name, is_local_path, normalize_permissions, portable_source, write_json
 from ..utils.logging import get_logger
-from .cards import eval_results_for, render_card
+from .cards import ARXIV_TAG, eval_results_for, render_card
 
 logger = get_logger(__name__)
 
@@ -197,6 +197,10 @@ def _stage(allocation: Allocation, model, kind: str, local: Path) -> dict[str, A
         config = read_json(local / "adapter_config.json")
         if config.get("peft_type") != "LAYERIF":
             raise ValueError(f"the adapter is a {config.get('peft_type')} adapter, not a LayerIF LoRA-MoE one.")
+        base = config.get("base_model_name_or_path")
+        if base and portable_source(base) != base:  # the staged copy names a local base model by its folder name
+            config["base_model_name_or_path"] = portable_source(base)
+            write_json(local / "adapter_config.json", config)
         info.update(adapter_config=config)
     allocation.save_pretrained(local)
     plot_allocations([allocation], local / PLOT_FILE, labels=[allocation.method])
@@ -284,7 +288,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
     for entry in eval_entries or []:
         eval_rows.append({"task": entry.dataset_name, "metric": entry.metric_type, "value": f"{entry.metric_value:.4f}"})
     if kind == "allocation":
-        card_data = ModelCardData(**metadata, library_name="hf-layerif", tags=["layerif", f"{allocation.kind}-allocation", method_tag])
+        card_data = ModelCardData(**metadata, library_name="hf-layerif", tags=["layerif", f"{allocation.kind}-allocation", method_tag, ARXIV_TAG])
         usage = ("config = allocation.to_peft_config(r=8, lora_alpha=16)  # LoRA-MoE experts per block"
                  if allocation.kind == "experts" else
                  "ratios = allocation.ratios_for(model)  # sparsity per linear module")
@@ -297,7 +301,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
                            scores_text=_scores_text(allocation), created=allocation.created, **common)
     elif kind == "pruned":
         card_data = ModelCardData(**metadata, library_name="transformers",
-                                  tags=["layerif", "pruned", info["method"], method_tag], model_name=model_name,
+                                  tags=["layerif", "pruned", info["method"], method_tag, ARXIV_TAG], model_name=model_name,
                                   eval_results=eval_entries)
         card = render_card("pruned", card_data, method=info["method"], structure=info["structure"],
                            sparsity=info["sparsity"], achieved=info["achieved"], allocation_method=allocation.method,
@@ -308,7 +312,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
     else:
         config = info["adapter_config"]
         card_data = ModelCardData(**metadata, base_model_relation="adapter" if hub_base else None, library_name="peft",
-                                  tags=["layerif", "lora-moe", "lora", method_tag], model_name=model_name,
+                                  tags=["layerif", "lora-moe", "lora", method_tag, ARXIV_TAG], model_name=model_name,
                                   eval_results=eval_entries)
         card = render_card("lora_moe", card_data, total_experts=sum(config["experts_per_layer"]),
                            allocation_method=allocation.method, r=config["r"], lora_alpha=config["lora_alpha"],

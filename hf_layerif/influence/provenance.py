@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.fingerprint import fingerprint_parameters
+from ..utils.io import is_local_path, portable_source
 from ..version import __version__
 
 
@@ -25,7 +27,10 @@ def model_provenance(model: nn.Module) -> dict[str, Any]:
     config = getattr(base, "config", None)
     info: dict[str, Any] = {"class": type(base).__name__}
     if config is not None:
-        info["model_id"] = getattr(config, "_name_or_path", "") or ""
+        name = getattr(config, "_name_or_path", "") or ""
+        info["model_id"] = portable_source(name)  # a local folder: local:<name> and a fingerprint of the weights
+        if name and is_local_path(name):
+            info["fingerprint"] = fingerprint_parameters(list(base.named_parameters()))
         info["revision"] = getattr(config, "_commit_hash", None)
         info["architectures"] = getattr(config, "architectures", None)
         info["model_type"] = getattr(config, "model_type", None)
@@ -36,6 +41,8 @@ def model_provenance(model: nn.Module) -> dict[str, Any]:
             for key, value in list(cfg.items()):
                 if isinstance(value, set):
                     cfg[key] = sorted(value)
+            if "base_model_name_or_path" in cfg:
+                cfg["base_model_name_or_path"] = portable_source(cfg["base_model_name_or_path"])
     return info
 
 

@@ -11,6 +11,7 @@ from ..allocation.allocation import Allocation
 from ..allocation.methods import ALLOCATION_METHODS
 from ..allocation.owl import OWL_LAMBDA, OWL_M
 from ..influence.scores import LayerInfluenceScores
+from ..utils.io import portable_source
 from ..utils.pretrained import JsonPretrainedMixin
 from .methods import PRUNING_METHODS, pruning_method
 
@@ -138,6 +139,9 @@ class PruningConfig(JsonPretrainedMixin):
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["calibration"] = portable_source(self.calibration)  # a local file is recorded by its name only
+        if isinstance(self.scores, str):
+            data["scores"] = portable_source(self.scores)
         if _is_object(self.allocation):
             data["allocation"] = _describe_allocation(self.allocation)
         if _is_object(self.scores):

@@ -20,7 +20,7 @@ from ..allocation.methods import ALLOCATION_METHODS, allocation_method
 from ..calibration import BlockSequentialRunner, get_calibration_and_selection_data, get_calibration_data
 from ..models.blocks import find_transformer_blocks
 from ..models.checks import check_finite_weights, check_sequence_length, model_max_length
-from ..utils.io import normalize_permissions
+from ..utils.io import normalize_permissions, portable_source
 from ..utils.logging import get_logger
 from .blockwise import collect_block_statistics, prune_block_linears
 from .config import AUTO, PRUNING_CONFIG_FILE, PruningConfig
@@ -33,12 +33,12 @@ logger = get_logger(__name__)
 def _describe_source(calibration_dataset, config: PruningConfig) -> str:
     """What the calibration sequences were drawn from, as the card and report should say it."""
     if calibration_dataset is None:
-        return str(config.calibration)
+        return portable_source(str(config.calibration))
     if isinstance(calibration_dataset, torch.Tensor):
         return "token ids given to prune()"
     if isinstance(calibration_dataset, (list, tuple)):
         return f"{len(calibration_dataset)} texts given to prune()"
-    return str(calibration_dataset)
+    return portable_source(str(calibration_dataset))
 
 
 class LayerIFPruner:

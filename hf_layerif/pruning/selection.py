@@ -71,7 +71,7 @@ def _fingerprint(tensor: torch.Tensor) -> str:
 
 
 def _state_key(model, config: PruningConfig, ratio_sets: dict[str, list[float]], calibration_ids, selection_ids) -> dict:
-    from ..influence.checkpoint import fingerprint_parameters
+    from ..utils.fingerprint import fingerprint_parameters
 
     settings = {k: v for k, v in config.to_dict().items() if k not in ("allocation", "scores", "candidates")}
     return {"settings": settings, "candidates": ratio_sets,

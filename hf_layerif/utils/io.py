@@ -92,6 +92,14 @@ def display_name(name: str) -> str:
     return Path(name.rstrip("/")).name if is_local_path(name) else name
 
 
+def portable_source(name: str | None) -> str | None:
+    """``name`` as files that leave the machine record it: a Hub id or bare name as is, a local path as
+    ``local:<folder or file name>`` (never the machine's folders)."""
+    if not name or not isinstance(name, str):
+        return name
+    return f"local:{Path(name.rstrip('/')).name}" if is_local_path(name) else name
+
+
 def remove_files_and_folder(folder: str | os.PathLike | None, names) -> None:
     """Delete the files ``names`` inside ``folder`` (missing ones are fine), then the folder if it is empty."""
     if folder is None:
