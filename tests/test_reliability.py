@@ -537,3 +537,33 @@ def test_missing_model_folder_and_empty_data_fail_in_one_line_before_any_model_l
     assert main(["score", "--model", str(folder), "--train", str(empty), "--validation", str(data)]) == 2
     err = capsys.readouterr().err
     assert f"{empty} is empty: it holds no samples" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finished_runs_leave_no_lock_and_default_staging_leaves_nothing_behind(tmp_path, monkeypatch):
+    from conftest import random_samples, with_lora
+
+    from hf_layerif import compute_layer_influence
+    from hf_layerif.hub import push_allocation_to_hub, write_hub_folder
+
+    out = tmp_path / "scores"
+    compute_layer_influence(with_lora(tiny_llama(layers=2)), random_samples(4), random_samples(2, seed=1),
+                            output_dir=out, fit_steps=0, repeats=1, progress=False, bootstrap_samples=0)
+    assert not list(out.glob("*.lock")) and (out / "layerif_scores.json").exists()
+
+    monkeypatch.chdir(tmp_path)
+    moe, experts, sparsity = _moe_and_allocations()
+    staged = []
+    import hf_layerif.hub.push as push_module
+
+    real = push_module._default_local_dir
+    monkeypatch.setattr(push_module, "_default_local_dir", lambda repo: staged.append(real(repo)) or staged[-1])
+    push_allocation_to_hub(experts, "me/repo", model=moe, api=_RecordingApi())
+    assert staged and not staged[0].exists()  # a successful upload removes its temporary staging folder
+    assert not list(tmp_path.glob("hub-upload-*"))
+    # a folder never mixes two artifacts silently
+    folder = tmp_path / "stage"
+    write_hub_folder(experts, folder, model=moe, clean=True)
+    with pytest.raises(ValueError, match="clean=True"):
+        write_hub_folder(sparsity, folder)
+    write_hub_folder(sparsity, folder, clean=True)
+    assert not (folder / "adapter_config.json").exists()

@@ -1,6 +1,7 @@
 """``push_allocation_to_hub``: an allocation (and the pruned model or LoRA-MoE adapter) in one Hub commit.
 
-Everything is first written to a local folder (default ``./hub-upload-<owner>--<name>``); then
+Everything is first written to a local folder (default: a new one under the system's temporary folder, removed
+after a successful upload); then
 ``HfApi.create_repo(exist_ok=True)`` and **one** ``create_commit`` listing every file (``upload_folder`` may
 split into several commits). A failed upload leaves the folder in place and says how to retry
 (:func:`push_folder_to_hub`). Tokens are only ever passed to the ``HfApi``: never written into a card, a log or a
@@ -29,7 +30,11 @@ STAGING_MARKER = ".hf-layerif-staging"
 
 
 def _default_local_dir(repo_id: str) -> Path:
-    return Path.cwd() / f"hub-upload-{repo_id.replace('/', '--')}"
+    """A new staging folder under the system's temporary folder (removed after a successful upload, kept after a
+    failed one so that it can be retried)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"hf-layerif-upload-{repo_id.replace('/', '--')}-"))
 
 
 def _rows(allocation: Allocation) -> list[dict[str, str]]:
@@ -217,6 +222,21 @@ def _check_allocation(allocation) -> None:
         )
 
 
+# files that belong to one kind of staged artifact only: staging another kind beside them would upload both
+_ARTIFACT_FILES = {"pruned": ("model.safetensors", "pruning_config.json", "pruning_report.json"),
+                   "lora_moe": ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def _refuse_mixed_artifacts(local: Path, kind: str) -> None:
+    """Raise when ``local`` holds the files of another kind of artifact than ``kind`` (a folder never mixes two)."""
+    for other, files in _ARTIFACT_FILES.items():
+        found = [name for name in files if (local / name).exists()]
+        if other != kind and found:
+            raise ValueError(f"{local} already holds a staged {other.replace('_', '-')} ({', '.join(found)}); staging "
+                             f"{'an allocation' if kind == 'allocation' else 'a ' + kind.replace('_', '-')} there would "
+                             "mix the two. Pass clean=True to empty a folder hf-layerif staged, or use another folder.")
+
+
 def _prepare_staging_dir(local: Path) -> None:
     """Make ``local`` an empty staging folder, so a push uploads only what it staged now.
 
@@ -271,6 +291,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
     local = Path(local_dir)
     if clean:
         _prepare_staging_dir(local)
+    else:
+        _refuse_mixed_artifacts(local, kind)
     info = _stage(allocation, model, kind, local)
     model_id = allocation.model.get("model_id") or ""
     hub_base = model_id if "/" in model_id and not is_local_path(model_id) else None
@@ -336,21 +358,26 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
             adapter, or a folder saved by either.
         api: an ``huggingface_hub.HfApi`` (injectable; default ``HfApi(token=token)``).
         eval_results: ``{task: {metric: value}}`` (or ``{"wikitext2_ppl": value}``) for the card's model-index.
-        local_dir: where the files are staged (kept after the upload; default ``./hub-upload-<owner>--<name>``).
+        local_dir: where the files are staged, kept after the upload; by default a new folder under the system's
+            temporary folder, removed once the upload succeeded (a failed upload keeps it and names it).
         license: the card's license (default: the base model's license on the Hub, when it can be read).
     Returns:
         the ``CommitInfo`` of the single commit.
     """
     _check_allocation(allocation)
+    temporary = local_dir is None
     local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
     if license is None:
         model_id = allocation.model.get("model_id") or ""
         license = _base_license(model_id if "/" in model_id and not is_local_path(model_id) else None, api)
     local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True,
                                    license=license)
-    return push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
+    info = push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
                               commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
                               + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))
+    if temporary:
+        shutil.rmtree(local, ignore_errors=True)
+    return info
 
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, api=None, private: bool = False,

@@ -37,6 +37,12 @@ class PruningReport(JsonPretrainedMixin):
     peak_memory_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def selection(self) -> dict[str, Any] | None:
+        """``allocation="auto"``: every candidate's held-out objective, the split, the rule and the chosen one
+        (:mod:`hf_layerif.pruning.selection`); None for a fixed allocation."""
+        return self.extra.get("selection")
+
     def block_sparsity(self) -> list[dict[str, float]]:
         out = []
         for index in range(len(self.block_names)):
