@@ -567,3 +567,31 @@ def test_finished_runs_leave_no_lock_and_default_staging_leaves_nothing_behind(t
         write_hub_folder(sparsity, folder)
     write_hub_folder(sparsity, folder, clean=True)
     assert not (folder / "adapter_config.json").exists()
+
+
+def test_the_first_failed_connection_switches_the_process_offline(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    from hf_layerif.data.loading import load_hub_dataset
+    from hf_layerif.utils import offline
+
+    monkeypatch.setattr(offline, "_state", {"offline": False})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub (ConnectTimeout)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(ConnectionError, match="Offline, use local files instead: --calibration"):
+        load_hub_dataset("allenai/c4", local_option="--calibration path/to/c4.jsonl")
+    assert offline.is_offline() and huggingface_hub.constants.is_offline_mode()
+    with pytest.raises(ConnectionError):
+        load_hub_dataset("wikitext", "wikitext-2-raw-v1", local_option="--wikitext2 path")
+    assert calls == [False, True]  # the second access ran in datasets' offline mode (cache only, no waiting)
+    # a missing repo is not a connection failure
+    assert not offline.is_connection_error(ValueError("Repository not found"))

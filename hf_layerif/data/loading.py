@@ -35,9 +35,15 @@ def load_hub_dataset(name: str, config: str | None = None, *, local_option: str,
     (``local_option``, e.g. ``"--calibration path/to/c4.jsonl"``) when the Hub cannot be reached."""
     import datasets
 
+    from ..utils.offline import go_offline, is_connection_error, is_offline
+
+    if is_offline():  # HF_HUB_OFFLINE=1 or an earlier failed connection: a cached copy, else fail at once
+        datasets.config.HF_HUB_OFFLINE = True
     try:
         return datasets.load_dataset(name, config, **kwargs)
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        if is_connection_error(err):
+            go_offline(f"{type(err).__name__} loading {name!r}")
         raise ConnectionError(
             f"Could not load {name!r}{f' ({config})' if config else ''} from the Hugging Face Hub ({type(err).__name__}: "
             f"{str(err)[:200]}). Offline, use local files instead: {local_option}."

@@ -256,7 +256,9 @@ def _prepare_staging_dir(local: Path) -> None:
 
 def _base_license(hub_base: str | None, api=None) -> str | None:
     """The base model's license from its Hub card (``None`` offline or when it states none)."""
-    if hub_base is None:
+    from ..utils.offline import go_offline, is_connection_error, is_offline
+
+    if hub_base is None or (api is None and is_offline()):
         return None
     try:
         from huggingface_hub import HfApi
@@ -265,7 +267,9 @@ def _base_license(hub_base: str | None, api=None) -> str | None:
         data = getattr(info, "card_data", None) or getattr(info, "cardData", None)
         value = data.get("license") if hasattr(data, "get") else getattr(data, "license", None)
         return str(value) if value else None
-    except Exception:  # offline, private or missing: the caller passes license= then
+    except Exception as err:  # offline, private or missing: the caller passes license= then
+        if api is None and is_connection_error(err):
+            go_offline(f"{type(err).__name__} reading the card of {hub_base}")
         return None
 
 

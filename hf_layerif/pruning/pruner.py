@@ -349,11 +349,17 @@ def _has_file(repo_id_or_path: str, filename: str, revision: str | None) -> bool
     path = Path(repo_id_or_path).expanduser()
     if path.exists():
         return (path / filename).is_file()
+    from ..utils.offline import go_offline, is_connection_error, is_offline
+
+    if is_offline():
+        return False
     try:
         from huggingface_hub import file_exists
 
         return bool(file_exists(str(repo_id_or_path), filename, revision=revision))
-    except (OSError, ValueError):  # offline, or a repo the Hub does not list: the model itself was loaded
+    except (OSError, ValueError) as err:  # offline, or a repo the Hub does not list: the model itself was loaded
+        if is_connection_error(err):
+            go_offline(f"{type(err).__name__} asking for {filename}")
         return False
 
 
