@@ -151,6 +151,8 @@ def test_cli_prune_with_owl_and_evaluation(tmp_path, capsys):
     assert (tmp_path / "layerif_allocation.json").exists() and (tmp_path / "model.safetensors").exists()
     card = (tmp_path / "README.md").read_text()
     assert "model-index" in card and "perplexity" in card and "acc_norm" in card  # prune --eval results on the card
+    # results on part of a task say so (never presented as the task's score)
+    assert "arc_easy (first 20 items)" in card and "wikitext2 (first 8 windows of 256 tokens)" in card
 
 
 def test_modules_reading_one_input_share_one_hessian():

@@ -139,9 +139,13 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
         scored = results["zero_shot"]
         results["zero_shot"]["average"] = {k: sum(m[k] for m in scored.values()) / len(scored) for k in ("acc", "acc_norm")}
         save_results()
-    card_results = {t: m for t, m in results.get("zero_shot", {}).items() if t != "average"}
+    card_results = {t: dict(m, **({"subset": f"first {m['n']} items"} if args.eval_limit and "n" in m else {}))
+                    for t, m in results.get("zero_shot", {}).items() if t != "average"}
     if "wikitext2_ppl" in results:
-        card_results["wikitext2_ppl"] = results["wikitext2_ppl"]
+        card_results["wikitext2"] = {"perplexity": results["wikitext2_ppl"]}
+        if args.eval_max_windows:
+            card_results["wikitext2"]["subset"] = (f"first {args.eval_max_windows} windows of "
+                                                   f"{args.eval_seqlen or config.seqlen} tokens")
     if card_results and not args.no_save:  # the card gains a model-index; only README.md and the plot are rewritten
         from ..hub import write_hub_folder
 

@@ -50,7 +50,10 @@ def render_card(kind: str, card_data, **variables: Any):
 
 
 def eval_results_for(eval_results: dict | None, model_name: str, dataset_names: dict[str, str] | None = None):
-    """``EvalResult`` entries for a model-index from ``{task: {metric: value}}`` or ``{"wikitext2_ppl": x}``."""
+    """``EvalResult`` entries for a model-index from ``{task: {metric: value}}`` or ``{"wikitext2_ppl": x}``.
+
+    A task's ``"subset"`` entry (e.g. ``"first 200 items"``, set when an evaluation was limited) is written into the
+    dataset name, so a score on part of a task is never shown as the task's score."""
     from huggingface_hub import EvalResult
 
     if not eval_results:
@@ -62,10 +65,11 @@ def eval_results_for(eval_results: dict | None, model_name: str, dataset_names: 
         if not isinstance(metrics, dict):
             metrics = {"perplexity" if "ppl" in task else "value": metrics}
             task = task.replace("_ppl", "")
+        subset = metrics.get("subset")
         for metric, value in metrics.items():
-            if metric == "n" or not isinstance(value, (int, float)):
+            if metric == "n" or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            dataset = (dataset_names or {}).get(task, task)
+            dataset = (dataset_names or {}).get(task, task) + (f" ({subset})" if subset else "")
             out.append(EvalResult(task_type="text-generation" if metric == "perplexity" else "multiple-choice",
                                   dataset_type=dataset, dataset_name=dataset, metric_type=metric,
                                   metric_value=float(value)))
