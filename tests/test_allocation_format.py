@@ -137,3 +137,28 @@ def test_a_json_file_object_must_define_both_directions():
 
     with pytest.raises(TypeError, match="abstract"):
         OnlyWrites()
+
+
+def test_a_clamped_ratio_is_said_and_marked_on_the_plot(tmp_path, caplog):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    from hf_layerif.allocation import plot_allocations, sparsity_allocation
+    from hf_layerif.utils.logging import get_logger
+
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        allocation = sparsity_allocation([0, 0, 0, 0, 0, 0, 0, 10.0], 0.9, model=tiny_llama(layers=8), smooth=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert allocation.values[-1] == 0.99 and "blocks [7] were clamped at 0.99" in caplog.text
+    import matplotlib.axes
+
+    with mock.patch.object(matplotlib.axes.Axes, "scatter", autospec=True,
+                           side_effect=matplotlib.axes.Axes.scatter) as scatter:
+        plot_allocations([allocation], tmp_path / "a.png")
+    labels = [c.kwargs.get("label", "") for c in scatter.call_args_list]
+    assert any(label.startswith("clamped at 0.99") for label in labels)

@@ -28,7 +28,7 @@ from ..version import __version__
 from .experts import ALPHALORA_EXPONENT, allocate_experts
 from .methods import allocation_method
 from .owl import OWL_LAMBDA, OWL_M
-from .sparsity import allocate_sparsity
+from .sparsity import MAX_RATIO, allocate_sparsity
 
 ALLOCATION_FILE = "layerif_allocation.json"
 ALLOCATION_FORMAT = "hf-layerif-allocation"
@@ -341,7 +341,13 @@ def plot_allocations(allocations: list[Allocation], path: str | os.PathLike, lab
             label = f"{label} (total {sum(alloc.values)})"
         elif alloc.achieved_sparsity is not None:
             label = f"{label} (global {alloc.achieved_sparsity:.3f})"
-        ax.bar(x + (i - (len(allocations) - 1) / 2) * width, alloc.values, width, label=label)
+        offset = x + (i - (len(allocations) - 1) / 2) * width
+        ax.bar(offset, alloc.values, width, label=label)
+        if alloc.kind == "sparsity":  # a ratio clamped at the maximum is marked, never silent
+            clamped = np.asarray(alloc.values) >= MAX_RATIO - 1e-12
+            if clamped.any():
+                ax.scatter(offset[clamped], np.asarray(alloc.values)[clamped] + 0.02, marker="v", color="black", zorder=3,
+                           label=f"clamped at {MAX_RATIO} ({label.split(' (')[0]})")
     targets = {a.hyperparameters.get("target_sparsity") for a in allocations if a.kind == "sparsity"} - {None}
     for target in sorted(targets):
         ax.axhline(float(target), color="black", lw=0.8, ls="--", label=f"target sparsity {float(target):g}")
@@ -352,6 +358,6 @@ def plot_allocations(allocations: list[Allocation], path: str | os.PathLike, lab
     ax.set_title(title or (("Experts per block" if kinds == {"experts"} else "Sparsity per block")
                            + (f" of {model_name}" if model_name else "")))
     ax.set_xticks(x[:: max(1, L // 16)])
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)  # outside: covers no bar
     fig.tight_layout()
     return save_figure(fig, path)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..utils.logging import get_logger
 from .methods import allocation_method, register_allocation_method
 from .owl import OWL_LAMBDA
 from .score_vectors import as_score_vector, source_values
+
+logger = get_logger(__name__)
 
 MAX_RATIO = 0.99
 SAVGOL_WINDOW = 7
@@ -50,6 +53,9 @@ def rebalance_to_budget(ratios: np.ndarray, params: np.ndarray, target: float, u
             break
         clamped |= over
         r[clamped] = upper
+    if clamped.any():
+        logger.warning("Sparsity ratios of blocks %s were clamped at %g; the budget they lost went to the other blocks "
+                       "(a smaller epsilon or sparsity avoids the clamp).", np.flatnonzero(clamped).tolist(), upper)
     return np.clip(r, 0.0, upper)
 
 

@@ -315,7 +315,8 @@ class LayerInfluenceScores:
                 ax_bar.scatter(x, row, s=10, color="#DD8452", zorder=3,
                                label=(f"each adapter draw (pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.2f}, "
                                       f"min {floor_to(rep['pairwise_spearman_min']):.2f})") if r == 0 else None)
-        ax_bar.legend(fontsize=7, loc="upper right")
+        # below the axes: a legend inside would cover bars of some block
+        ax_bar.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         ax_bar.set_xlabel("block")
         ax_bar.set_ylabel(f"block score q ({aggregation})")
         ax_bar.set_title("LayerIF block scores (higher = more task-sensitive)")
