@@ -595,3 +595,15 @@ def test_the_first_failed_connection_switches_the_process_offline(monkeypatch):
     assert calls == [False, True]  # the second access ran in datasets' offline mode (cache only, no waiting)
     # a missing repo is not a connection failure
     assert not offline.is_connection_error(ValueError("Repository not found"))
+
+
+def test_log_records_go_through_tqdm_write(monkeypatch):
+    """A record logged while a progress bar runs is written above the bar (tqdm.write), not into it."""
+    import tqdm
+
+    from hf_layerif.utils.logging import get_logger
+
+    written = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append(s)))
+    get_logger("hf_layerif.test").warning("a message during a bar")
+    assert written == ["[WARNING|hf_layerif.test] a message during a bar"]

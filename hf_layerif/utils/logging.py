@@ -1,7 +1,8 @@
 """The package's loggers follow ``transformers.utils.logging`` verbosity, so users control them the usual way.
 
 All loggers live under ``hf_layerif``. That root logger has one handler writing to the current ``sys.stderr``
-with a filter that passes a record only when its level reaches transformers' verbosity at that moment
+(through ``tqdm.write``, so records never break a progress bar) with a filter that passes a record only when its
+level reaches transformers' verbosity at that moment
 (``transformers.logging.set_verbosity_info()``, ``TRANSFORMERS_VERBOSITY=info``, ...), so the two libraries
 are always equally verbose. Records do not propagate to the Python root logger (no duplicates).
 """
@@ -22,11 +23,17 @@ class _FollowTransformersVerbosity(logging.Filter):
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is when the record is emitted."""
+    """A stream handler that writes to whatever ``sys.stderr`` is when the record is emitted, through
+    ``tqdm.write``: a record logged while a progress bar runs is printed above the bar instead of breaking it."""
 
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
-        super().emit(record)
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging never raises
+            self.handleError(record)
 
 
 def _root_logger() -> logging.Logger:
