@@ -68,3 +68,35 @@ def test_every_card_links_the_paper_and_prints_no_unknown_revision(tmp_path):
         assert "arxiv:2505.23811" in card.data.tags
         assert "arXiv:2505.23811" in card.text and "@article{askari2025layerif" in card.text
         assert "revision `None`" not in card.text
+
+
+def test_a_local_model_card_takes_base_model_and_license_and_says_what_is_missing(tmp_path, caplog):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    import hf_layerif.hub.push as push_module
+    from hf_layerif.utils.logging import get_logger
+
+    source = tmp_path / "local-model"
+    tiny_llama(layers=4).save_pretrained(source)
+    pruner = LayerIFPruner(AutoModelForCausalLM.from_pretrained(source))
+    pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    push_module._WARNED_MISSING.clear()
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        pruner.save_pretrained(tmp_path / "plain")
+        pruner.save_pretrained(tmp_path / "again")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert caplog.text.count("The model card has no license metadata") == 1  # once per process
+    assert "no base_model metadata: pass base_model='owner/name' (--base_model)" in caplog.text
+    card = ModelCard.load(tmp_path / "plain" / "README.md")
+    assert card.data.base_model is None and "local-model" in card.text and secret_free(card.text, tmp_path)
+    pruner.save_pretrained(tmp_path / "named", license="apache-2.0", base_model="owner/base")
+    card = ModelCard.load(tmp_path / "named" / "README.md")
+    assert card.data.base_model == "owner/base" and card.data.license == "apache-2.0"
+
+
+def secret_free(text, folder):
+    return str(folder) not in text

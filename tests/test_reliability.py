@@ -373,7 +373,7 @@ def test_cards_of_every_kind_name_the_hub_base_model_and_no_local_path(tmp_path)
         "allocation": write_hub_folder(experts, tmp_path / "a", repo_id="me/alloc", license="apache-2.0")[0],
         "lora_moe": write_hub_folder(experts, tmp_path / "m", model=moe, license="apache-2.0",
                                      eval_results={"arc_easy": {"acc_norm": 0.5}})[0],
-        "pruned": write_hub_folder(pruner._allocation_for_card(), tmp_path / "p", model=pruner, repo_id="me/pruned",
+        "pruned": write_hub_folder(pruner.card_allocation(), tmp_path / "p", model=pruner, repo_id="me/pruned",
                                    license="apache-2.0", eval_results={"wikitext2_ppl": 12.5})[0],
     }
     for kind, folder in staged.items():

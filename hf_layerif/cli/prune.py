@@ -30,6 +30,9 @@ class PruneArguments:
     task_files: str | None = field(default=None, metadata={"help": "Local task files: name=path,name=path."})
     eval_limit: int | None = field(default=None, metadata={"help": "Items per zero-shot task (default: all)."})
     no_save: bool = field(default=False, metadata={"help": "Do not write the pruned model."})
+    base_model: str | None = field(default=None, metadata={
+        "help": "The Hub id the (local) model comes from, for the model card's base_model."})
+    license: str | None = field(default=None, metadata={"help": "The model card's license (e.g. apache-2.0)."})
 
 
 def _resolve_allocation(value):
@@ -99,7 +102,7 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     # file) never loses it
     os.makedirs(args.output, exist_ok=True)
     if not args.no_save:
-        pruner.save_pretrained(args.output)
+        pruner.save_pretrained(args.output, license=args.license, base_model=args.base_model)
     else:
         report.save_pretrained(args.output)
     if "selection" in report.extra:  # the record is in the report now: the resume state is no longer needed
@@ -149,7 +152,8 @@ def prune(args: PruneArguments, config: PruningConfig) -> int:
     if card_results and not args.no_save:  # the card gains a model-index; only README.md and the plot are rewritten
         from ..hub import write_hub_folder
 
-        write_hub_folder(pruner._allocation_for_card(), args.output, model=args.output, eval_results=card_results)
+        write_hub_folder(pruner.card_allocation(), args.output, model=args.output, eval_results=card_results,
+                         license=args.license, base_model=args.base_model)
     if errors:
         for name, message in errors.items():
             print(f"evaluation {name} failed: {message}")

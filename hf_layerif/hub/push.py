@@ -273,16 +273,32 @@ def _base_license(hub_base: str | None, api=None) -> str | None:
         return None
 
 
+_WARNED_MISSING: set[str] = set()
+_MISSING_FIXES = {"license": "pass license= (--license), e.g. the base model's license",
+                  "base_model": "pass base_model='owner/name' (--base_model), the Hub id the local model comes from",
+                  "datasets": "pass dataset_names= when scoring (Hub ids of the scored data)"}
+
+
+def _warn_missing_metadata(metadata: dict) -> None:
+    """Say once per process which card metadata is missing, and how to give it."""
+    for field, fix in _MISSING_FIXES.items():
+        if not metadata.get(field) and field not in _WARNED_MISSING:
+            _WARNED_MISSING.add(field)
+            logger.warning("The model card has no %s metadata: %s.", field, fix)
+
+
 def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, model=None, repo_id: str | None = None,
-                     eval_results: dict | None = None, clean: bool = False, license: str | None = None
-                     ) -> tuple[Path, str]:
+                     eval_results: dict | None = None, clean: bool = False, license: str | None = None,
+                     base_model: str | None = None) -> tuple[Path, str]:
     """Write what :func:`push_allocation_to_hub` uploads — the allocation, its plot, the model files and the model
     card (README.md) — into ``local_dir``; returns (folder, kind). Useful on its own to inspect or share offline.
 
     ``clean=True`` (what a push uses) first empties a folder staged before, so files of an earlier, different
     push (an adapter where now only an allocation is staged) are never uploaded again. Without ``repo_id`` the
     card's loading code uses the folder's relative path. ``license`` is the card's license (staging alone never
-    asks the Hub; :func:`push_allocation_to_hub` defaults it to the base model's license there).
+    asks the Hub; :func:`push_allocation_to_hub` defaults it to the base model's license there). ``base_model`` is
+    the Hub id of the base model, for a model loaded from a local folder (the card's ``base_model`` metadata). A
+    card without a license, base model or dataset says so once in the log.
     """
     from huggingface_hub import ModelCardData
 
@@ -299,7 +315,8 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
         _refuse_mixed_artifacts(local, kind)
     info = _stage(allocation, model, kind, local)
     model_id = allocation.model.get("model_id") or ""
-    hub_base = model_id if "/" in model_id and not is_local_path(model_id) else None
+    hub_base = base_model or (model_id if "/" in model_id and not is_local_path(model_id)
+                              and not model_id.startswith("local:") else None)
     # titles and code never show a local absolute path: a local base model is named by its folder name
     base_model = hub_base or (display_name(model_id) if model_id else None) or allocation.model.get("architecture") or "unknown"
     method_tag = allocation.method if allocation.method != "layerif" else "layerif-allocation"
@@ -309,6 +326,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
                   plot_file=PLOT_FILE, rows=_rows(allocation))
     metadata = dict(base_model=hub_base, datasets=_datasets(allocation, info), license=license,
                     pipeline_tag=_pipeline_tag(kind, info))
+    _warn_missing_metadata(metadata)
     eval_entries = eval_results_for(eval_results, model_name)
     eval_rows = []
     for entry in eval_entries or []:
@@ -352,7 +370,7 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
 def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, api=None, private: bool = False,
                            create_pr: bool = False, commit_message: str | None = None, eval_results: dict | None = None,
                            local_dir: str | os.PathLike | None = None, token: str | None = None,
-                           license: str | None = None):
+                           license: str | None = None, base_model: str | None = None):
     """Upload ``allocation`` (plus the pruned model / LoRA-MoE adapter in ``model``) with a model card, in one commit.
 
     Args:
@@ -365,6 +383,7 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
         local_dir: where the files are staged, kept after the upload; by default a new folder under the system's
             temporary folder, removed once the upload succeeded (a failed upload keeps it and names it).
         license: the card's license (default: the base model's license on the Hub, when it can be read).
+        base_model: the base model's Hub id, for a model loaded from a local folder.
     Returns:
         the ``CommitInfo`` of the single commit.
     """
@@ -372,10 +391,10 @@ def push_allocation_to_hub(allocation: Allocation, repo_id: str, *, model=None, 
     temporary = local_dir is None
     local = Path(local_dir) if local_dir is not None else _default_local_dir(repo_id)
     if license is None:
-        model_id = allocation.model.get("model_id") or ""
+        model_id = base_model or allocation.model.get("model_id") or ""
         license = _base_license(model_id if "/" in model_id and not is_local_path(model_id) else None, api)
     local, kind = write_hub_folder(allocation, local, model=model, repo_id=repo_id, eval_results=eval_results, clean=True,
-                                   license=license)
+                                   license=license, base_model=base_model)
     info = push_folder_to_hub(local, repo_id, api=api, private=private, create_pr=create_pr, token=token,
                               commit_message=commit_message or f"Add LayerIF {allocation.kind} allocation ({allocation.method})"
                               + {"pruned": " and pruned model", "lora_moe": " and LoRA-MoE adapter"}.get(kind, ""))

@@ -290,15 +290,17 @@ class LayerIFPruner:
 
         if self.report is None:
             raise ValueError("nothing to push yet: call prune() first.")
-        return push_allocation_to_hub(self._allocation_for_card(), repo_id, model=self, **kwargs)
+        return push_allocation_to_hub(self.card_allocation(), repo_id, model=self, **kwargs)
 
-    def _allocation_for_card(self):
+    def card_allocation(self):
+        """The allocation a card and the saved folder show: the one used, or the uniform one."""
         from ..allocation import sparsity_allocation
 
         return self.allocation or sparsity_allocation(None, self.config.sparsity, model=self.model, method="uniform")
 
     # --- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, eval_results: dict | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, eval_results: dict | None = None,
+                        license: str | None = None, base_model: str | None = None) -> Path:
         """A plain dense safetensors model (loads with any transformers version; zeros kept), its tokenizer,
         ``layerif_allocation.json`` (uniform ratios are recorded as a uniform allocation) and its plot,
         ``pruning_config.json``, ``pruning_report.json`` and a model card (``README.md``)."""
@@ -306,7 +308,8 @@ class LayerIFPruner:
 
         if self.report is None:
             raise ValueError("nothing to save yet: call prune() first.")
-        folder, _ = write_hub_folder(self._allocation_for_card(), save_directory, model=self, eval_results=eval_results)
+        folder, _ = write_hub_folder(self.card_allocation(), save_directory, model=self, eval_results=eval_results,
+                                     license=license, base_model=base_model)
         return folder
 
     def save_files(self, save_directory: str | os.PathLike) -> Path:
