@@ -75,3 +75,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     for folder in ("lora-moe-layerif", "pruned-owl"):
         assert (out / folder / "README.md").exists() and (out / folder / "layerif_allocation.json").exists()
     assert (out / "experts.png").exists() and (out / "sparsity.png").exists()
+
+
+def test_ctrl_c_ends_with_one_line_saying_what_was_kept_and_how_to_resume(monkeypatch, capsys):
+    import hf_layerif.cli.score as score_cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_cli, "run", interrupted)
+    assert main(["score", "--model", "m", "--output", "out dir", "--train", "t.jsonl"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "Kept: the influence checkpoint (finished passes and adapter draws) in out dir." in err
+    assert err.endswith("resumes from it: hf-layerif score --model m --output 'out dir' --train t.jsonl")

@@ -165,3 +165,34 @@ def test_an_agreement_of_exactly_the_threshold_is_stable_despite_float_rounding(
     assert scores.stability()["repeats"]["stable"]
     assert not scores.warn_if_unstable()
     assert "[UNSTABLE]" not in scores.summary_table()
+
+
+def test_every_finished_draw_is_checkpointed_and_reused(tmp_path, monkeypatch):
+    from hf_layerif.influence import protocol
+    from hf_layerif.influence.engine import InfluenceEngine
+
+    train, val = random_samples(8, seed=1), random_samples(2, seed=2)
+    options = dict(FAST, batch_size=4, fit_steps=3, fit_learning_rate=1e-2, repeats=3)
+    uninterrupted = compute_layer_influence(with_lora(tiny_llama()), train, val, **options)
+    original = InfluenceEngine.run
+    runs = []
+
+    def interrupted_at_draw_two(self, *args, **kwargs):
+        runs.append(1)
+        if len(runs) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InfluenceEngine, "run", interrupted_at_draw_two)
+    with pytest.raises(KeyboardInterrupt):
+        compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
+    assert (tmp_path / "influence_checkpoint" / "draw1.safetensors").exists()
+    runs.clear()
+    fits = []
+    original_fit = protocol.fit_adapter
+    monkeypatch.setattr(protocol, "fit_adapter", lambda *a, **k: fits.append(1) or original_fit(*a, **k))
+    monkeypatch.setattr(InfluenceEngine, "run", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    resumed = compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
+    assert len(runs) == 2 and len(fits) == 1  # draw 0 resumed from its checkpoint, draw 1 loaded, draw 2 computed
+    torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-5, atol=1e-8)
+    assert not (tmp_path / "influence_checkpoint").exists()  # removed once the scores are saved

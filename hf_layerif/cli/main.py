@@ -12,6 +12,28 @@ COMMANDS = {
 }
 
 
+# what an interrupted command keeps, under its output folder (option, default, what is there)
+RESUMABLE = {
+    "score": ("--output", "layerif-scores", "the influence checkpoint (finished passes and adapter draws) in {}"),
+    "prune": ("--output", "layerif-pruned", "the finished allocation-selection stages in {}/.selection"),
+}
+
+
+def interrupted_message(command: str, argv: list[str]) -> str:
+    """One line after Ctrl-C: what was kept, and the exact command that resumes."""
+    import shlex
+
+    again = "hf-layerif " + shlex.join([command, *argv])
+    if command not in RESUMABLE:
+        return f"hf-layerif {command}: interrupted; nothing was kept. Run it again: {again}"
+    option, default, kept = RESUMABLE[command]
+    folder = next((a.split("=", 1)[1] for a in argv if a.startswith(option + "=")), None)
+    if folder is None and option in argv and argv.index(option) + 1 < len(argv):
+        folder = argv[argv.index(option) + 1]
+    return (f"hf-layerif {command}: interrupted. Kept: {kept.format(folder or default)}. "
+            f"The same command resumes from it: {again}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -34,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[command][0])
     try:
-        return int(module.run(argv) or 0)
+        return int(module.run(list(argv)) or 0)
+    except KeyboardInterrupt:
+        print(interrupted_message(command, argv), file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError) as err:  # bad input: one line that names the fix, not a traceback
         if os.environ.get("HF_LAYERIF_DEBUG"):
             raise

@@ -88,7 +88,8 @@ def fit_adapter(model: nn.Module, params: list[nn.Parameter], batches: Callable[
             order, cycling when ``steps`` exceeds the number of batches.
         steps: optimizer steps; learning_rate: peak AdamW learning rate (linear warm-up over the first 10% of
             steps, linear decay to 0), weight decay 0, gradient norm clipped at 1.
-        seed: order of the batches.
+        seed: order of the batches and the random draws of the fit (dropout), from a forked RNG: a fit gives the
+            same adapter whatever ran before it in the process (a resumed run reproduces an uninterrupted one).
     Returns:
         ``{"loss_first": ..., "loss_last": ..., "steps": ...}``: mean loss of the first and last 10% of steps.
     """
@@ -112,10 +113,24 @@ def fit_adapter(model: nn.Module, params: list[nn.Parameter], batches: Callable[
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    losses = torch.zeros(steps, dtype=torch.float64)
     was_training = model.training
     model.train()
+    device = params[0].device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        losses = _fit_steps(model, params, cached, steps, optimizer, scheduler, gen, to_device, autocast, progress,
+                            flags, was_training)
+    tenth = max(1, steps // 10)
+    result = {"steps": steps, "loss_first": float(losses[:tenth].mean()), "loss_last": float(losses[-tenth:].mean())}
+    logger.info("Fitted the scoring adapter: %d steps, loss %.4f -> %.4f.", steps, result["loss_first"], result["loss_last"])
+    return result
+
+
+def _fit_steps(model, params, cached, steps, optimizer, scheduler, gen, to_device, autocast, progress, flags,
+               was_training) -> torch.Tensor:
+    """The AdamW loop of :func:`fit_adapter`; returns the loss of every step [steps] (float64)."""
+    order: list[int] = []
+    losses = torch.zeros(steps, dtype=torch.float64)
     try:
         from tqdm.auto import tqdm
 
@@ -138,7 +153,4 @@ def fit_adapter(model: nn.Module, params: list[nn.Parameter], batches: Callable[
         for p, flag in flags:
             p.requires_grad_(flag)
             p.grad = None
-    tenth = max(1, steps // 10)
-    result = {"steps": steps, "loss_first": float(losses[:tenth].mean()), "loss_last": float(losses[-tenth:].mean())}
-    logger.info("Fitted the scoring adapter: %d steps, loss %.4f -> %.4f.", steps, result["loss_first"], result["loss_last"])
-    return result
+    return losses

@@ -36,6 +36,33 @@ def average_draws(draws: list[torch.Tensor], aggregation: str, fraction: float) 
     return normalised.mean(0), per_draw
 
 
+def _draw_files(checkpoint_dir: Path, draw: int) -> tuple[Path, Path]:
+    return checkpoint_dir / f"draw{draw}.safetensors", checkpoint_dir / f"draw{draw}.json"
+
+
+def _save_draw(checkpoint_dir: Path | None, draw: int, key: dict | None, influence: torch.Tensor, fit: dict | None) -> None:
+    """Keep a finished adapter draw's influence matrix [L, n] (safetensors) with the run's key, so that an
+    interrupted run does not compute it again."""
+    if checkpoint_dir is None:
+        return
+    tensor_file, meta_file = _draw_files(checkpoint_dir, draw)
+    write_safetensors(tensor_file, {"influence": influence})
+    write_json(meta_file, {"key": key, "fit": fit})
+
+
+def _load_draw(checkpoint_dir: Path | None, draw: int, key: dict | None) -> tuple[torch.Tensor, dict | None] | None:
+    """A draw saved by :func:`_save_draw` for this very run (same key), else None."""
+    if checkpoint_dir is None:
+        return None
+    tensor_file, meta_file = _draw_files(checkpoint_dir, draw)
+    if not (tensor_file.exists() and meta_file.exists()):
+        return None
+    meta = read_json(meta_file)
+    if meta.get("key") != key:
+        return None
+    return read_safetensors(tensor_file)["influence"], meta.get("fit")
+
+
 def draw_seed(seed: int, draw: int) -> int:
     """Seed of adapter draw ``draw`` > 0 of a run with ``seed``: runs with nearby seeds share no draw."""
     return seed + draw * 1_000_003
@@ -117,10 +144,18 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
         if repeats > 1:
             draws = [influence]
             for r in range(1, repeats):
+                saved_draw = _load_draw(checkpoint_dir, r, resume_key)
+                if saved_draw is not None:  # finished before an interruption: not recomputed
+                    draws.append(saved_draw[0])
+                    fits.append(saved_draw[1])
+                    logger.info("Loaded adapter draw %d of the checkpoint in %s.", r, checkpoint_dir)
+                    continue
                 redraw_adapter(engine.tracked, draw_seed(args.seed, r))
                 fits.append(fit(draw_seed(args.seed, r)))
                 engine.configure_capture()
                 draws.append(engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir).influence)
+                if accelerator is None or accelerator.is_main_process:
+                    _save_draw(checkpoint_dir, r, resume_key, draws[-1], fits[-1])
             influence, repeat_scores = average_draws(draws, args.aggregation, args.fraction)
     finally:
         if original is not None:
@@ -129,6 +164,9 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
     if fitted_file is not None:
         fitted_file.unlink(missing_ok=True)
         (checkpoint_dir / FITTED_ADAPTER_META).unlink(missing_ok=True)
+        for r in range(1, repeats):
+            for path in _draw_files(checkpoint_dir, r):
+                path.unlink(missing_ok=True)
     protocol = {"adapter": "fitted" if args.fit_steps else ("fresh" if fresh else "trained"), "draws": repeats,
                 "draw_seeds": [args.seed] + [draw_seed(args.seed, r) for r in range(1, repeats)],
                 "normalisation": "each draw divided by its mean |I|, then averaged" if repeats > 1 else None,
