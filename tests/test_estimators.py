@@ -309,3 +309,36 @@ def test_gram_route_through_the_engine_spilled_or_not(tmp_path, estimator):
     assert flushes, "the small budget must close and spill windows"
     torch.testing.assert_close(spilled.influence, whole.influence, rtol=1e-6, atol=1e-9)
     assert whole.estimator["name"] == estimator and torch.isfinite(whole.influence).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_datainf_ranks_blocks_as_exact_inside_its_regime_and_warns_outside(seed, caplog):
+    """ρ = mean‖g‖²/λ: with ρ ≤ 0.5 (inside DataInf's regime, ρ ≤ 1) its block ranking equals exact's; under the default damping
+    ρ = d / damping_factor, recorded per group, and the run warns."""
+    from conftest import random_samples, tiny_llama, with_lora
+
+    from hf_layerif import compute_layer_influence
+    from hf_layerif.influence import runner
+    from hf_layerif.influence.stability import spearman
+    from hf_layerif.utils.logging import get_logger
+
+    model = with_lora(tiny_llama(torch.float64, layers=5, hidden=32, intermediate=48, seed=seed), seed=seed,
+                      randomize_b=True)
+    train, val = random_samples(20, seed=10 + seed), random_samples(5, seed=20 + seed)
+    common = dict(progress=False, bootstrap_samples=0, fit_steps=0, repeats=1)
+    runner._WARNED_REGIME.clear()
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        default = compute_layer_influence(model, train, val, estimator="datainf", **common)
+    finally:
+        logger.removeHandler(caplog.handler)
+    dims = default.provenance["blocks"]["tracked_dims"]
+    assert default.estimator["curvature_ratio"] == pytest.approx([d / 0.1 for d in dims], rel=1e-9)
+    assert "datainf approximates the exact damped influence only while" in caplog.text
+    factor = 2 * max(dims)  # every block at ρ = d / factor ≤ 0.5, inside the regime (limit 1)
+    inside = compute_layer_influence(model, train, val, estimator="datainf", damping_factor=factor, **common)
+    exact = compute_layer_influence(model, train, val, estimator="exact", damping_factor=factor, **common)
+    assert max(inside.estimator["curvature_ratio"]) <= 0.5
+    assert spearman(inside.block_scores().tolist(), exact.block_scores().tolist()) == pytest.approx(1.0)
+    assert torch.corrcoef(torch.stack([inside.influence.flatten(), exact.influence.flatten()]))[0, 1] > 0.99

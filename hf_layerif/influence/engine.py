@@ -42,7 +42,7 @@ from .checkpoint import (
     save_training_progress,
     save_validation_gradients,
 )
-from .estimators import ESTIMATORS, estimate_influence
+from .estimators import ESTIMATORS, curvature_ratio, estimate_influence
 from .fitting import zero_gradient_lora_a
 from .gram import GramAccumulator, GroupLayout
 from .streaming import StreamingStatistics
@@ -330,6 +330,7 @@ class InfluenceEngine:
     def estimate_streaming(self, acc: StreamingStatistics) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """DataInf / TracIn from streamed statistics: (influence [L, n] float64, damping [groups], settings)."""
         damping = acc.damping(self.args)
+        ratio = curvature_ratio(acc.norms, damping)
         if self.args.estimator == "tracin":
             per_group, damping = acc.tracin(), torch.zeros_like(damping)
         else:
@@ -339,7 +340,7 @@ class InfluenceEngine:
                                      "damping / damping_factor.")
         influence = torch.zeros(len(self.blocks), per_group.shape[1], dtype=torch.float64)
         influence.index_add_(0, self.layout.group_to_block(), per_group)
-        return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)"}
+        return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)", "curvature_ratio": ratio}
 
     def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""

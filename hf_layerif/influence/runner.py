@@ -30,6 +30,32 @@ from .scores import SCORES_JSON, LayerInfluenceScores
 logger = get_logger(__name__)
 
 
+_WARNED_REGIME: set[str] = set()
+
+
+def warn_outside_regime(estimator: str, ratios: list[float] | None, block_names: list[str],
+                        group_to_block: list[int]) -> bool:
+    """Warn (once per process and estimator) when an approximate estimator ran outside the regime where it
+    matches the exact damped influence: some group's ρ = mean‖g‖²/λ above the estimator's ``regime_ratio_limit``.
+    Returns whether the run was outside it."""
+    from .estimators import ESTIMATORS
+
+    limit = ESTIMATORS[estimator].regime_ratio_limit
+    if limit is None or not ratios or max(ratios) <= limit:
+        return False
+    if estimator not in _WARNED_REGIME:
+        _WARNED_REGIME.add(estimator)
+        worst = max(range(len(ratios)), key=ratios.__getitem__)
+        logger.warning(
+            "%s approximates the exact damped influence only while mean‖g‖²/λ stays below about %g per block; here it "
+            "is %.3g to %.3g (largest in %s). With the default damping (λ = damping_factor · mean‖g‖²/d) it equals "
+            "d / damping_factor, so it grows with a block's parameter count, and the block ranking can differ from "
+            "estimator='exact' (docs/FIDELITY.md). Use estimator='exact' for the exact ranking, or a damping_factor "
+            "of at least d / %g to stay in the regime.", estimator, limit, min(ratios), max(ratios),
+            block_names[group_to_block[worst]], limit)
+    return True
+
+
 def resolve_fit_steps(args, fresh: bool, processes: int):
     """The one scoring protocol of the API, the Trainer and the CLI (``fit_steps=None``, the default): a fresh LoRA
     adapter is fitted :data:`DEFAULT_FIT_STEPS` steps to the task before scoring (the method's setting); an adapter
@@ -102,6 +128,8 @@ def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     first, influence, repeat_scores, protocol = score_with_protocol(engine, train_loader, eval_loader, num_train,
                                                                     num_eval, checkpoint_dir, resume_key, cache_dir)
     damping, est_settings, losses = first.damping, first.settings, first.losses
+    warn_outside_regime(args.estimator, est_settings.get("curvature_ratio"), list(engine.blocks.names),
+                        engine.layout.group_to_block().tolist())
     provenance = {
         "protocol": protocol,
         "model": model_provenance(model),
