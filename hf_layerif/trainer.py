@@ -44,7 +44,8 @@ class LayerInfluenceTrainer(Trainer):
 
     def compute_layer_influence(self, train_dataset=None, eval_dataset=None, *, args: InfluenceArguments | None = None,
                                 output_dir: str | os.PathLike | None = None, progress: bool = True,
-                                dataset_names: dict[str, str] | None = None, **options) -> LayerInfluenceScores:
+                                dataset_names: dict[str, str] | None = None, overwrite: bool = False,
+                                **options) -> LayerInfluenceScores:
         """Per-block influence (METHOD §1–3) of ``train_dataset`` samples on the mean loss of ``eval_dataset``.
 
         Args:
@@ -52,7 +53,8 @@ class LayerInfluenceTrainer(Trainer):
                 Trainer's ``data_collator`` (rows must already be tokenized, as for training).
             args, options: :class:`~hf_layerif.InfluenceArguments` and overrides. The batch size per process is
                 the Trainer's ``per_device_eval_batch_size``.
-            output_dir: where the scores are saved and the run checkpoints (default: not saved).
+            output_dir: where the scores are saved and the run checkpoints (default: not saved); the finished scores
+                of an identical call there are loaded unless ``overwrite``.
             dataset_names: Hub dataset ids ``{"train": ..., "validation": ...}`` for the provenance and model
                 cards (read from Hub-loaded datasets when not given).
 
@@ -78,4 +80,4 @@ class LayerInfluenceTrainer(Trainer):
                                  progress=progress and not self.args.disable_tqdm)
         data_fp = data_provenance(train, evals, train, evals, dataset_names)
         return run_influence(engine, lambda: self.get_test_dataloader(train), lambda: self.get_test_dataloader(evals),
-                             len(train), len(evals), data_fp, output_dir=output_dir)
+                             len(train), len(evals), data_fp, output_dir=output_dir, overwrite=overwrite)

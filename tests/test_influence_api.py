@@ -240,3 +240,31 @@ def test_fresh_adapter_skips_zero_a_gradients_without_changing_scores(monkeypatc
                                    fit_steps=0)
     torch.testing.assert_close(skipped.influence, full.influence, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(skipped.damping, full.damping, rtol=1e-12, atol=0)
+
+
+def test_a_finished_run_is_reused_and_reporting_settings_never_block_a_resume(tmp_path, monkeypatch):
+    """Calling again with the same output_dir and gradient-phase arguments loads the stored matrix (no gradient
+    pass); another aggregation or bootstrap size re-aggregates it, with draw statistics of its own; overwrite=True
+    and another gradient setting compute again."""
+    from hf_layerif.influence.engine import InfluenceEngine
+    from hf_layerif.influence.scores import aggregate_block_scores
+
+    train, val = random_samples(6), random_samples(2, seed=1)
+    options = dict(progress=False, bootstrap_samples=10, fit_steps=2, repeats=2, output_dir=tmp_path)
+    first = compute_layer_influence(with_lora(tiny_llama()), train, val, **options)
+    runs = []
+    original = InfluenceEngine.run
+    monkeypatch.setattr(InfluenceEngine, "run", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    again = compute_layer_influence(with_lora(tiny_llama()), train, val, **options)
+    assert runs == [] and torch.equal(again.influence, first.influence)
+    other = compute_layer_influence(with_lora(tiny_llama()), train, val, **dict(options, aggregation="harmful",
+                                                                              bootstrap_samples=5))
+    assert runs == [] and other.arguments["aggregation"] == "harmful" and other.arguments["bootstrap_samples"] == 5
+    torch.testing.assert_close(other.repeat_block_scores, aggregate_block_scores(first.draw_influence, "harmful"))
+    assert other.stability()["aggregation"] == "harmful" and "repeats" in other.stability()
+    assert first.arguments["aggregation"] == "positive"  # the first object is unchanged
+    compute_layer_influence(with_lora(tiny_llama()), train, val, overwrite=True, **options)
+    assert len(runs) == 2  # two draws computed again
+    runs.clear()
+    compute_layer_influence(with_lora(tiny_llama()), train, val, **dict(options, damping_factor=0.5))
+    assert len(runs) == 2

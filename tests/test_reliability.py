@@ -57,6 +57,8 @@ def test_resume_says_where_it_resumes(tmp_path, monkeypatch, caplog):
         compute_layer_influence(model, train, val, output_dir=tmp_path, **OPTIONS)
         assert "from step 2 of 4" in caplog.text
         compute_layer_influence(model, train, val, output_dir=tmp_path, **OPTIONS)
+        assert "Loaded the finished scores" in caplog.text  # an identical call reuses them
+        compute_layer_influence(model, train, val, output_dir=tmp_path, overwrite=True, **OPTIONS)
         assert "holds finished scores; they will be replaced" in caplog.text
     finally:
         logger.removeHandler(caplog.handler)

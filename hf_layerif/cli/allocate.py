@@ -113,7 +113,7 @@ def allocate(kind: str, args: AllocateArguments) -> int:
         raise SystemExit(f"--baseline: {err}") from None
     scores = LayerInfluenceScores.from_pretrained(args.scores) if args.scores else None
     if scores is not None and args.aggregation:
-        scores.arguments["aggregation"] = args.aggregation
+        scores = scores.with_reporting(aggregation=args.aggregation)  # a new object with its own stability
     if chosen_method.source == "scores" and scores is None:
         raise SystemExit("pass --scores (a folder from `hf-layerif score`) or a --baseline.")
     needs_model = chosen_method.source in ("alpha_hill", "outlier_ratios") or scores is None

@@ -34,6 +34,8 @@ class ScoreArguments:
     demo_train_samples: int = field(default=64, metadata={"help": "Demo only: training samples (mixed tasks)."})
     demo_validation_samples: int = field(default=16, metadata={"help": "Demo only: validation samples."})
     no_plot: bool = field(default=False, metadata={"help": "Do not write scores.png."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Compute again even when --output holds the finished scores of this very call (otherwise loaded)."})
 
 
 def load_model_for_scoring(args: ScoreArguments, target: str):
@@ -110,7 +112,7 @@ def score(score_args: ScoreArguments, influence_args: InfluenceArguments) -> int
                  if not is_local_path(spec) and not looks_local(spec)}
     scores = compute_layer_influence(model, train, validation, tokenizer=tokenizer, args=influence_args,
                                      output_dir=score_args.output, text_column=score_args.text_column,
-                                     dataset_names=names)
+                                     dataset_names=names, overwrite=score_args.overwrite)
     print(scores.summary_table())
     if not score_args.no_plot:
         png = scores.plot(os.path.join(score_args.output, "scores.png"))

@@ -51,6 +51,7 @@ def compute_layer_influence(
     text_column: str | None = None,
     dataset_names: dict[str, str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options,
 ) -> LayerInfluenceScores:
     """Per-block influence of each training sample on the mean validation loss (LayerIF, METHOD §1–3, §9–10).
@@ -67,6 +68,8 @@ def compute_layer_influence(
         accelerator: an ``accelerate.Accelerator`` to shard the samples over processes (scores are identical).
         cache_dir: where per-sample gradients spill when they exceed ``gradient_memory_gb`` and no
             ``output_dir`` is given (default: the system's temporary folder).
+        overwrite: compute again even when ``output_dir`` holds the finished scores of this very call (same model,
+            weights, data and gradient-phase arguments), which are otherwise loaded with no gradient pass.
         dataset_names: Hub dataset ids of the data, ``{"train": ..., "validation": ...}``, recorded with the scores
             and listed in model cards (``datasets:``); read from Hub-loaded ``datasets.Dataset`` objects when not
             given.
@@ -94,6 +97,6 @@ def compute_layer_influence(
 
     data_fp = data_provenance(train, evals, train_dataset, eval_dataset, dataset_names)
     return run_influence(engine, lambda: loader(train), lambda: loader(evals), len(train), len(evals), data_fp,
-                         output_dir=output_dir, cache_dir=cache_dir)
+                         output_dir=output_dir, cache_dir=cache_dir, overwrite=overwrite)
 
 

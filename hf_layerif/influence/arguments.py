@@ -158,9 +158,3 @@ class InfluenceArguments:
         if unknown:
             raise TypeError(f"unknown influence option(s) {sorted(unknown)}; see hf_layerif.InfluenceArguments.")
         return dataclasses.replace(self, **changes)
-
-    def gradient_fingerprint(self) -> dict[str, Any]:
-        """The settings that change per-sample gradients (a checkpoint is reusable only if they match)."""
-        keys = ("target", "granularity", "batch_size", "projection_dim", "projection_seed", "max_length", "gradient_dtype",
-                "block_pattern", "adapter_name")
-        return {k: getattr(self, k) for k in keys}

@@ -27,8 +27,9 @@ CHECKPOINT_DIRNAME = "influence_checkpoint"
 _VALIDATION_FILE, _VALIDATION_META = "validation_gradients.safetensors", "validation.json"
 _LOSSES_FILE, _PROGRESS_FILE = "losses.safetensors", "progress.json"
 
-# arguments that do not change the checkpointed state (how often it is saved)
-_NOT_IN_KEY = ("checkpoint_every",)
+# arguments that do not change the stored gradients and influence matrices: how often the state is saved, and the
+# reporting phase (aggregation and bootstrap), applied afterwards to the stored matrix; changing them resumes
+_NOT_IN_KEY = ("checkpoint_every", "aggregation", "fraction", "bootstrap_samples")
 
 
 def fingerprint_examples(examples: Iterable) -> str:

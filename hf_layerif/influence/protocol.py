@@ -29,11 +29,16 @@ def average_draws(draws: list[torch.Tensor], aggregation: str, fraction: float) 
     """Average the influence matrices [L, n] of several adapter draws, each divided by its mean |I| first (so every
     draw weighs the same whatever its scale), then multiplied by the mean of those scales (the result keeps the
     draws' units). Returns (averaged influence [L, n], per-draw block scores [draws, L] of the normalised draws)."""
-    stacked = torch.stack([d.to(torch.float64) for d in draws])
-    scales = stacked.abs().mean(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
-    normalised = stacked / scales[:, None, None] * scales.mean()
+    normalised = normalise_draws(draws)
     per_draw = torch.stack([aggregate_block_scores(d, aggregation, fraction) for d in normalised])
     return normalised.mean(0), per_draw
+
+
+def normalise_draws(draws: list[torch.Tensor]) -> torch.Tensor:
+    """The draws [R, L, n] (float64), each divided by its mean |I| and multiplied by the mean of those scales."""
+    stacked = torch.stack([d.to(torch.float64) for d in draws])
+    scales = stacked.abs().mean(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    return stacked / scales[:, None, None] * scales.mean()
 
 
 def _draw_files(checkpoint_dir: Path, draw: int) -> tuple[Path, Path]:
@@ -99,7 +104,8 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
 
     Returns:
         (first :class:`~hf_layerif.influence.engine.EngineResult`, influence [L, n] float64 (averaged over draws),
-        per-draw block scores [draws, L] or None, protocol description for the provenance).
+        per-draw block scores [draws, L] or None, the normalised draws [draws, L, n] or None, protocol description
+        for the provenance).
     """
     args = engine.args
     model = engine.model
@@ -140,7 +146,7 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
         engine.configure_capture()
         first = engine.run(train_loader(), eval_loader(), num_train, num_eval, checkpoint_dir, resume_key, cache_dir)
         influence = first.influence
-        repeat_scores = None
+        repeat_scores = normalised = None
         if repeats > 1:
             draws = [influence]
             for r in range(1, repeats):
@@ -157,6 +163,7 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
                 if accelerator is None or accelerator.is_main_process:
                     _save_draw(checkpoint_dir, r, resume_key, draws[-1], fits[-1])
             influence, repeat_scores = average_draws(draws, args.aggregation, args.fraction)
+            normalised = normalise_draws(draws)
     finally:
         if original is not None:
             restore(params, keep)
@@ -171,4 +178,4 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
                 "draw_seeds": [args.seed] + [draw_seed(args.seed, r) for r in range(1, repeats)],
                 "normalisation": "each draw divided by its mean |I|, then averaged" if repeats > 1 else None,
                 "fits": fits or None}
-    return first, influence, repeat_scores, protocol
+    return first, influence, repeat_scores, normalised, protocol

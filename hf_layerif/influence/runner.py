@@ -73,11 +73,13 @@ def resolve_fit_steps(args, fresh: bool, processes: int):
 
 def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int,
                   data_fingerprint: dict, output_dir: str | os.PathLike | None = None,
-                  cache_dir: str | os.PathLike | None = None) -> LayerInfluenceScores:
+                  cache_dir: str | os.PathLike | None = None, overwrite: bool = False) -> LayerInfluenceScores:
     """Run ``engine`` over loaders (factories returning a fresh iterable each call) and assemble the scores.
 
     Shared by :func:`compute_layer_influence` and :class:`hf_layerif.LayerInfluenceTrainer`: checkpointing
-    into ``output_dir/influence_checkpoint``, repeated adapter initialisations, provenance and saving.
+    into ``output_dir/influence_checkpoint``, repeated adapter initialisations, provenance and saving. A finished
+    run in ``output_dir`` with the same model, data and gradient-phase arguments is loaded instead of recomputed
+    (only the reporting arguments — aggregation, fraction, bootstrap — may differ), unless ``overwrite``.
     """
     accelerator = engine.accelerator
     fresh = engine.args.target == "lora" and lora_is_fresh(engine.tracked)
@@ -98,10 +100,14 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     processes = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index
     key = None
-    if checkpoint_dir is not None:
+    if output_dir is not None:
         key = resume_key(args, data_fp, model_provenance(model).get("model_id", ""),
                          model_weights_fingerprint(model, engine.tracked), list(engine.blocks.names),
                          engine.dims_per_block, processes)
+    if output_dir is not None and not overwrite:
+        finished = _finished_run(Path(output_dir), key, args)
+        if finished is not None:
+            return finished
     with contextlib.ExitStack() as stack:
         if output_dir is not None:
             # one run per output folder: a second one would overwrite the first one's checkpoint and spill files
@@ -119,13 +125,30 @@ def run_influence(engine: InfluenceEngine, train_loader, eval_loader, num_train:
                              checkpoint_dir, key)
 
 
+def _finished_run(output_dir: Path, key: dict, args) -> LayerInfluenceScores | None:
+    """The scores saved in ``output_dir`` by a finished run with this very key (model, weights, data, gradient-phase
+    arguments), with this call's reporting arguments applied; None when there is none or it differs."""
+    if not (output_dir / SCORES_JSON).exists():
+        return None
+    try:
+        saved = LayerInfluenceScores.from_pretrained(output_dir)
+    except (OSError, ValueError):
+        return None
+    if saved.provenance.get("run_key") != key:
+        return None
+    logger.warning("Loaded the finished scores in %s (same model, data and gradient settings): no gradient pass. "
+                   "Pass overwrite=True (--overwrite) to compute them again.", output_dir)
+    return saved.with_reporting(aggregation=args.aggregation, fraction=args.fraction,
+                                bootstrap_samples=args.bootstrap_samples)
+
+
 def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train: int, num_eval: int, data_fp: dict,
                   output_dir, cache_dir, checkpoint_dir: Path | None, resume_key: dict | None) -> LayerInfluenceScores:
     args = engine.args
     model = engine.model
     accelerator = engine.accelerator
     started = time.time()
-    first, influence, repeat_scores, protocol = score_with_protocol(engine, train_loader, eval_loader, num_train,
+    first, influence, repeat_scores, draws, protocol = score_with_protocol(engine, train_loader, eval_loader, num_train,
                                                                     num_eval, checkpoint_dir, resume_key, cache_dir)
     damping, est_settings, losses = first.damping, first.settings, first.losses
     warn_outside_regime(args.estimator, est_settings.get("curvature_ratio"), list(engine.blocks.names),
@@ -142,6 +165,7 @@ def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train:
         "num_processes": 1 if accelerator is None else accelerator.num_processes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - started, 3),
+        "run_key": resume_key,  # a later identical call loads these scores instead of recomputing them
     }
     scores = LayerInfluenceScores(
         influence=influence.to(torch.float32),
@@ -153,6 +177,7 @@ def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train:
         provenance=json_safe(provenance),
         train_losses=losses.to(torch.float32),
         repeat_block_scores=repeat_scores,
+        draw_influence=None if draws is None else draws.to(torch.float32),
     )
     scores.warn_if_unstable()
     if output_dir is not None:

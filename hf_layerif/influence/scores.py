@@ -8,6 +8,7 @@ means the block is more sensitive to the task's data, i.e. less well trained for
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -109,6 +110,8 @@ class LayerInfluenceScores:
         provenance: model id / revision / architecture, dataset fingerprints, library versions, time.
         train_losses: [num_train] per-sample training losses at the scored parameters.
         repeat_block_scores: [repeats, num_blocks] block scores of repeated adapter initialisations (or None).
+        draw_influence: [repeats, num_blocks, num_train] the normalised influence matrix of each adapter draw (or
+            None), so that another aggregation has its own draw statistics (:meth:`with_reporting`).
     """
 
     influence: torch.Tensor
@@ -120,6 +123,7 @@ class LayerInfluenceScores:
     provenance: dict[str, Any] = field(default_factory=dict)
     train_losses: torch.Tensor | None = None
     repeat_block_scores: torch.Tensor | None = None
+    draw_influence: torch.Tensor | None = None
     _stability: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,13 +180,34 @@ class LayerInfluenceScores:
             result["bootstrap"] = summarize_block_score_samples(samples, reference)
         if self.repeat_block_scores is not None and self.repeat_block_scores.shape[0] > 1:
             draws = self.repeat_block_scores.numpy().astype(np.float64)
-            if aggregation != self.arguments.get("aggregation", "positive"):
-                draws = None  # the per-draw scores were kept for the run's own aggregation only
+            if self.draw_influence is not None:
+                draws = aggregate_block_scores(self.draw_influence, aggregation, fraction).numpy()
+            elif aggregation != self.arguments.get("aggregation", "positive"):
+                draws = None  # scores of an older version kept the per-draw scores of their own aggregation only
             if draws is not None:
                 result["repeats"] = summarize_draws(draws, reference)
         if default:
             self._stability = result
         return result
+
+    def with_reporting(self, aggregation: str | None = None, fraction: float | None = None,
+                       bootstrap_samples: int | None = None) -> LayerInfluenceScores:
+        """A new scores object with other reporting settings (the default aggregation, its fraction, the bootstrap
+        size) over the same influence matrices, with its own stability; this object is unchanged."""
+        arguments = dict(self.arguments)
+        for name, value in (("aggregation", aggregation), ("fraction", fraction), ("bootstrap_samples", bootstrap_samples)):
+            if value is not None:
+                arguments[name] = value
+        if arguments.get("aggregation") not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {arguments.get('aggregation')!r}")
+        if arguments == self.arguments:
+            return self
+        repeat = self.repeat_block_scores
+        if self.draw_influence is not None:
+            repeat = aggregate_block_scores(self.draw_influence, arguments["aggregation"], arguments.get("fraction", 0.25))
+        elif arguments.get("aggregation") != self.arguments.get("aggregation"):
+            repeat = None
+        return dataclasses.replace(self, arguments=arguments, repeat_block_scores=repeat, _stability=None)
 
     def agreement(self) -> dict[str, float]:
         """The ranking-agreement figures, each compared with :data:`UNSTABLE_SPEARMAN`: the 5th percentile
@@ -240,6 +265,8 @@ class LayerInfluenceScores:
         tensors = {"influence": self.influence.contiguous(), "damping": self.damping.to(torch.float64)}
         if self.train_losses is not None:
             tensors["train_losses"] = self.train_losses.to(torch.float32)
+        if self.draw_influence is not None:
+            tensors["draw_influence"] = self.draw_influence.to(torch.float32).contiguous()
         write_safetensors(path / INFLUENCE_FILE, tensors, metadata={"format": SCORES_FORMAT, "sign_convention": SIGN_CONVENTION})
         write_json(path / SCORES_JSON, self.to_json_dict())
 
@@ -261,6 +288,7 @@ class LayerInfluenceScores:
             provenance=meta.get("provenance", {}),
             train_losses=tensors.get("train_losses"),
             repeat_block_scores=None if repeats is None else torch.tensor(repeats, dtype=torch.float64),
+            draw_influence=tensors.get("draw_influence"),
             _stability=meta.get("stability"),
         )
 
