@@ -2,8 +2,8 @@
 on evaluation data it never saw. Not a test.
 
 Cost (``--cost``): one Wanda prune with uniform ratios against ``allocation="auto"`` over 9 candidates (uniform, OWL,
-AlphaPruning, LayerIF ε 0.1/0.2/0.3 in both directions), both on the same 128 × 128-token C4 calibration, timed in one
-process, alternating, with the process's peak resident memory.
+AlphaPruning, LayerIF ε 0.1/0.2/0.3 in both directions), both on the same 128 × 128-token C4 calibration, each in a
+fresh process (alternating pairs), timed around ``prune()``, with the process's peak resident memory.
 
 Generalisation (default): LayerIF scores from two tasks (TinyStories paragraphs; ARC-Easy instruction/answer pairs),
 each a LoRA (r 8, all linears) fitted to the task's training samples, DataInf, ``positive``. For each calibration
@@ -38,6 +38,7 @@ from results_block import replace_block  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 BLOCK = "auto-selection"
+COST_BLOCK = "auto-selection-cost"
 
 
 def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
@@ -76,33 +77,89 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_cost(args, model, tokenizer, scores, c4_file: str) -> None:
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+class RssSampler:
+    """The largest resident memory of this process while the ``with`` block runs (sampled every 0.1 s)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak = current_rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.1):
+                self.peak = max(self.peak, current_rss_mb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mb())
+
+
+def run_cost_phase(args, c4_file: str) -> None:
+    """One measurement in this process (``--cost_phase one|auto``): the prune's seconds and the process's peak
+    resident memory, printed as one JSON line."""
+    from hf_layerif import LayerInfluenceScores
     from hf_layerif.pruning import LayerIFPruner, PruningConfig
 
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tokenizer = load_smollm2()
     common = {"method": args.cost_method, "sparsity": 0.5, "nsamples": args.cost_nsamples, "seqlen": args.seqlen,
               "calibration": c4_file}
-    times: dict[str, list[float]] = {"one_prune": [], "auto": []}
-    rss = {}
-    record = None
-    for _ in range(args.cost_repeats):
-        for name, config in (("one_prune", PruningConfig(**common)),
-                             ("auto", PruningConfig(**common, allocation="auto", scores=scores))):
-            model.load_state_dict(state)
-            started = time.time()
-            report = LayerIFPruner(model, tokenizer).prune(config, progress=False)
-            times[name].append(time.time() - started)
-            rss[name] = peak_rss_mb()
-            if name == "auto":
-                record = report.extra["selection"]
-    ratios = [a / b for a, b in zip(times["auto"], times["one_prune"])]
+    if args.cost_phase == "auto":
+        config = PruningConfig(**common, allocation="auto", scores=LayerInfluenceScores.from_pretrained(args.scores_dir))
+    else:
+        config = PruningConfig(**common)
+    before = current_rss_mb()
+    with RssSampler() as rss:
+        started = time.time()
+        report = LayerIFPruner(model, tokenizer).prune(config, progress=False)
+        seconds = time.time() - started
+    out = {"phase": args.cost_phase, "seconds": seconds, "rss_mb_before_prune": before,
+           "peak_rss_mb_during_prune": rss.peak}
+    if "selection" in report.extra:
+        record = report.extra["selection"]
+        out.update(candidates=len(record["candidates"]), screen_nsamples=record["screen_nsamples"],
+                   selection_nsamples=record["split"]["nsamples"], chosen=record["chosen"],
+                   finalists=record["finalists"])
+    print("COST " + json.dumps(out), flush=True)
+
+
+def run_cost(args, scores) -> None:
+    """``--cost_repeats`` alternating pairs of fresh processes: one uniform prune, then auto over 9 candidates."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        scores.save_pretrained(folder)
+        runs: dict[str, list[dict]] = {"one": [], "auto": []}
+        for _ in range(args.cost_repeats):
+            for phase in ("one", "auto"):
+                command = [sys.executable, __file__, "--cost_phase", phase, "--scores_dir", folder,
+                           "--cost_method", args.cost_method, "--cost_nsamples", str(args.cost_nsamples),
+                           "--seqlen", str(args.seqlen), "--shared", args.shared]
+                done = subprocess.run(command, capture_output=True, text=True, check=True)
+                line = next(x for x in done.stdout.splitlines() if x.startswith("COST "))
+                runs[phase].append(json.loads(line[5:]))
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs["auto"], runs["one"])]
     result = {"method": args.cost_method, "nsamples": args.cost_nsamples, "seqlen": args.seqlen,
-              "candidates": len(record["candidates"]), "screen_nsamples": record["screen_nsamples"],
-              "selection_nsamples": record["split"]["nsamples"], "one_prune_s": times["one_prune"],
-              "auto_s": times["auto"], "ratio": ratios, "peak_rss_mb_after_one_prune": rss["one_prune"],
-              "peak_rss_mb_after_auto": rss["auto"], "chosen": record["chosen"]}
+              "one_prune_s": [r["seconds"] for r in runs["one"]], "auto_s": [r["seconds"] for r in runs["auto"]],
+              "ratio": ratios,
+              "extra_rss_mb_one_prune": max(r["peak_rss_mb_during_prune"] - r["rss_mb_before_prune"] for r in runs["one"]),
+              "extra_rss_mb_auto": max(r["peak_rss_mb_during_prune"] - r["rss_mb_before_prune"] for r in runs["auto"]),
+              "rss_mb_model_loaded": max(r["rss_mb_before_prune"] for r in runs["one"]),
+              **{k: runs["auto"][-1][k] for k in ("candidates", "screen_nsamples", "selection_nsamples", "chosen",
+                                                   "finalists")}}
     print(json.dumps(result, indent=1))
-    Path(args.cost_json).write_text(json.dumps(result, indent=1))
+    Path(args.cost_json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main() -> None:
@@ -112,10 +169,12 @@ def main() -> None:
     parser.add_argument("--cost_method", default="wanda")
     parser.add_argument("--cost_nsamples", type=int, default=128)
     parser.add_argument("--cost_repeats", type=int, default=2)
+    parser.add_argument("--cost_phase", choices=("one", "auto"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--scores_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cost_json", default="benchmarks/figures/auto_selection_cost.json")
     parser.add_argument("--tasks", default="tinystories,arc_easy")
-    parser.add_argument("--scoring_seed", type=int, default=0)
-    parser.add_argument("--methods", default="wanda")
+    parser.add_argument("--scoring_seeds", default="0,1,2")
+    parser.add_argument("--methods", default="wanda,sparsegpt")
     parser.add_argument("--sparsities", default="0.5,0.6")
     parser.add_argument("--calibration_seeds", default="0,1,2")
     parser.add_argument("--nsamples", type=int, default=16)
@@ -127,7 +186,9 @@ def main() -> None:
     parser.add_argument("--train_samples", type=int, default=48)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--jsonl", default="benchmarks/figures/auto_selection_smollm2.jsonl")
-    parser.add_argument("--write_results", default=None, help="RESULTS.md whose marked block is rewritten")
+    parser.add_argument("--write_results", default=None, nargs="*",
+                        help="Markdown files whose marked blocks are rewritten (RESULTS.md, README.md)")
+    parser.add_argument("--summarize_only", action="store_true", help="rewrite the marked blocks from the saved rows")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -139,7 +200,21 @@ def main() -> None:
     shared = Path(args.shared)
     c4_file = str(shared / "text/c4/c4_en_train00000_first1000.jsonl")
     wiki_test = (shared / "text/wikitext2_raw/wikitext2_raw_test_joined.txt").read_text(encoding="utf-8")
+    if args.cost_phase:
+        run_cost_phase(args, c4_file)
+        return
+    if args.summarize_only:
+        write_blocks(args)
+        return
     base, tokenizer = load_smollm2()
+    args.scoring_seeds_list = [int(x) for x in args.scoring_seeds.split(",")]
+
+    def evaluate(model, allocation, common: dict, ids) -> dict:
+        pruner = LayerIFPruner(model, tokenizer)
+        pruner.prune(PruningConfig(**common, allocation=allocation), ids, progress=False)
+        return {"wikitext2_ppl": perplexity(pruner.model, tokenizer, wiki_test, seqlen=512,
+                                            max_windows=args.eval_windows)}
+
     original = {k: v.clone() for k, v in base.state_dict().items()}
 
     def fresh():
@@ -147,94 +222,136 @@ def main() -> None:
         return base
 
     tasks = args.tasks.split(",")
-    scores = {}
-    for task in tasks:
-        started = time.time()
-        scores[task] = score_task(fresh(), tokenizer, shared, task, args.scoring_seed, args)
-        print(f"scores {task}: {time.time() - started:.0f} s; ranking {scores[task].ranking()[:8]}", flush=True)
+    scores: dict[tuple[str, int], object] = {}
+
+    def task_scores(task: str, seed: int):
+        if (task, seed) not in scores:
+            started = time.time()
+            scores[task, seed] = score_task(fresh(), tokenizer, shared, task, seed, args)
+            print(f"scores {task} seed {seed}: {time.time() - started:.0f} s; ranking "
+                  f"{scores[task, seed].ranking()[:8]}", flush=True)
+        return scores[task, seed]
+
     if args.cost:
-        run_cost(args, fresh(), tokenizer, scores[tasks[0]], c4_file)
+        run_cost(args, task_scores(tasks[0], args.scoring_seeds_list[0]))
         return
 
     results = ResultRows(args.jsonl)
     hill = block_alpha_hill(fresh())
-    for calib in (int(s) for s in args.calibration_seeds.split(",")):
-        ids = get_calibration_data(tokenizer, c4_file, args.nsamples, args.seqlen, calib)
-        lod = layerwise_outlier_distribution(fresh(), ids, progress=False)
-        for sparsity in (float(s) for s in args.sparsities.split(",")):
-            fixed = {"uniform": sparsity_allocation(None, sparsity, model=base, method="uniform"),
-                     "owl": sparsity_allocation(None, sparsity, model=base, method="owl", outlier_ratios=lod),
-                     "alphapruning": sparsity_allocation(None, sparsity, model=base, method="alphapruning",
-                                                         alpha_hill=hill)}
-            for task in tasks:
-                fixed[f"layerif_{task}"] = sparsity_allocation(scores[task], sparsity, epsilon=0.3)
-                fixed[f"layerif_reversed_{task}"] = sparsity_allocation(scores[task], sparsity, epsilon=0.3, reverse=True)
-            for method in args.methods.split(","):
-                common = {"method": method, "sparsity": sparsity, "nsamples": args.nsamples, "seqlen": args.seqlen,
-                          "seed": calib, "calibration": c4_file}
-                for name, allocation in fixed.items():
-                    key = {"method": method, "sparsity": sparsity, "calibration_seed": calib, "allocation": name}
-                    if results.has(key):
-                        continue
-                    pruner = LayerIFPruner(fresh(), tokenizer)
-                    pruner.prune(PruningConfig(**common, allocation=allocation), ids, progress=False)
-                    results.record(key, {"wikitext2_ppl": perplexity(pruner.model, tokenizer, wiki_test, seqlen=512,
-                                                                     max_windows=args.eval_windows)})
-                for task in tasks:
-                    key = {"method": method, "sparsity": sparsity, "calibration_seed": calib, "allocation": f"auto_{task}"}
-                    if results.has(key):
-                        continue
-                    started = time.time()
-                    pruner = LayerIFPruner(fresh(), tokenizer)
-                    report = pruner.prune(PruningConfig(**common, allocation="auto", scores=scores[task],
-                                                        selection_nsamples=args.selection_nsamples,
-                                                        screen_fraction=args.screen_fraction), progress=False)
-                    record = report.extra["selection"]
-                    results.record(key, {"wikitext2_ppl": perplexity(pruner.model, tokenizer, wiki_test, seqlen=512,
-                                                                     max_windows=args.eval_windows),
-                                         "chosen": record["chosen"], "chosen_loss": record["chosen_loss"],
-                                         "uniform_loss": record["uniform_loss"], "seconds": time.time() - started})
-    table = summarize(results.rows(), tasks)
-    print(table)
-    if args.write_results:
-        replace_block(args.write_results, BLOCK, table)
+    calibration: dict[int, tuple] = {}
+    for seed in args.scoring_seeds_list:  # seed 0 of every cell first: an interrupted run still covers the grid
+        for method in args.methods.split(","):
+            for calib in (int(s) for s in args.calibration_seeds.split(",")):
+                if calib not in calibration:
+                    ids = get_calibration_data(tokenizer, c4_file, args.nsamples, args.seqlen, calib)
+                    calibration[calib] = (ids, layerwise_outlier_distribution(fresh(), ids, progress=False))
+                ids, lod = calibration[calib]
+                for sparsity in (float(s) for s in args.sparsities.split(",")):
+                    common = {"method": method, "sparsity": sparsity, "nsamples": args.nsamples,
+                              "seqlen": args.seqlen, "seed": calib, "calibration": c4_file}
+                    cell = {"method": method, "sparsity": sparsity, "calibration_seed": calib}
+                    fixed = {"uniform": lambda s=sparsity: sparsity_allocation(None, s, model=base, method="uniform"),
+                             "owl": lambda s=sparsity, lod=lod: sparsity_allocation(None, s, model=base, method="owl",
+                                                                                    outlier_ratios=lod),
+                             "alphapruning": lambda s=sparsity: sparsity_allocation(None, s, model=base,
+                                                                                    method="alphapruning",
+                                                                                    alpha_hill=hill)}
+                    for name, make in fixed.items():
+                        if not results.has({**cell, "allocation": name}):
+                            results.record({**cell, "allocation": name},
+                                           evaluate(fresh(), make(), common, ids))
+                    for task in tasks:
+                        for name, reverse in ((f"layerif_{task}", False), (f"layerif_reversed_{task}", True)):
+                            key = {**cell, "allocation": name, "scoring_seed": seed}
+                            if not results.has(key):
+                                allocation = sparsity_allocation(task_scores(task, seed), sparsity, epsilon=0.3,
+                                                                 reverse=reverse)
+                                results.record(key, evaluate(fresh(), allocation, common, ids))
+                        key = {**cell, "allocation": f"auto_{task}", "scoring_seed": seed}
+                        if results.has(key):
+                            continue
+                        started = time.time()
+                        pruner = LayerIFPruner(fresh(), tokenizer)
+                        report = pruner.prune(PruningConfig(**common, allocation="auto", scores=task_scores(task, seed),
+                                                            selection_nsamples=args.selection_nsamples,
+                                                            screen_fraction=args.screen_fraction), progress=False)
+                        record = report.extra["selection"]
+                        results.record(key, {"wikitext2_ppl": perplexity(pruner.model, tokenizer, wiki_test, seqlen=512,
+                                                                         max_windows=args.eval_windows),
+                                             "chosen": record["chosen"], "chosen_loss": record["chosen_loss"],
+                                             "uniform_loss": record["uniform_loss"],
+                                             "screen_best": min(record["candidates"],
+                                                                key=lambda r: r["screen_loss"])["name"],
+                                             "seconds": time.time() - started})
+    print(summarize(results.rows(), tasks))
+    write_blocks(args)
+
+
+def write_blocks(args) -> None:
+    """Rewrite the generated blocks of ``--write_results`` files: the selection table from ``--jsonl``, the cost
+    table from ``--cost_json`` (when present)."""
+    for path in args.write_results or []:
+        replace_block(path, BLOCK, summarize(ResultRows(args.jsonl).rows(), args.tasks.split(",")))
+        if Path(args.cost_json).exists():
+            replace_block(path, COST_BLOCK, cost_table(json.loads(Path(args.cost_json).read_text())))
+
+
+def cost_table(result: dict) -> str:
+    """Markdown: seconds of one prune and of auto, their paired ratio, and the memory each added."""
+    ratios = result["ratio"]
+    return "\n".join([
+        "| method | calibration | candidates | screening | selection split | one prune (s) | auto (s) | "
+        "auto / one prune (paired) | memory added: one prune / auto (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {result['method']} | {result['nsamples']} × {result['seqlen']} | {result['candidates']} | "
+        f"{result['screen_nsamples']} sequences | {result['selection_nsamples']} × {result['seqlen']} | "
+        f"{statistics.median(result['one_prune_s']):.0f} | {statistics.median(result['auto_s']):.0f} | "
+        f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] | "
+        f"{result.get('extra_rss_mb_one_prune', float('nan')):.0f} / {result.get('extra_rss_mb_auto', float('nan')):.0f} |"])
 
 
 def summarize(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per (method, sparsity), auto's WikiText-2 perplexity paired against uniform, OWL and the best fixed
-    allocation of hindsight on the same calibration draw (mean % difference, range, wins)."""
+    """Markdown: per (method, sparsity, task), auto's WikiText-2 perplexity paired against uniform, OWL and the best
+    fixed allocation of hindsight (uniform, OWL, AlphaPruning, and LayerIF in both directions from the same scores)
+    on the same calibration draw: mean % difference [min, max] over calibration × scoring seeds, and wins."""
     lines = ["| method | sparsity | scores from | runs | auto chose | auto ppl | vs uniform (%, paired) | "
-             "vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    cells = sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in rows})
-    for method, sparsity in cells:
-        group = [r for r in rows if r["key"]["method"] == method and r["key"]["sparsity"] == sparsity]
-        by_seed: dict[int, dict[str, dict]] = {}
-        for r in group:
-            by_seed.setdefault(r["key"]["calibration_seed"], {})[r["key"]["allocation"]] = r
+             "vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fixed = {}
+    for r in rows:
+        k = r["key"]
+        if not k["allocation"].startswith("auto_"):
+            fixed.setdefault((k["method"], k["sparsity"], k["calibration_seed"], k.get("scoring_seed")), {})[
+                k["allocation"]] = r["wikitext2_ppl"]
+    autos = [r for r in rows if r["key"]["allocation"].startswith("auto_")]
+
+    def fmt(values: list[float]) -> str:
+        return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
+
+    for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
         for task in tasks:
             diffs = {"uniform": [], "owl": [], "best": []}
             chosen, ppl = [], []
-            for _, runs in sorted(by_seed.items()):
-                auto = runs.get(f"auto_{task}")
-                if auto is None or "uniform" not in runs or "owl" not in runs:
+            for auto in autos:
+                k = auto["key"]
+                if (k["method"], k["sparsity"], k["allocation"]) != (method, sparsity, f"auto_{task}"):
                     continue
-                fixed = {k: v["wikitext2_ppl"] for k, v in runs.items() if not k.startswith("auto_")}
+                common = fixed.get((method, sparsity, k["calibration_seed"], None), {})
+                own = {n: v for n, v in fixed.get((method, sparsity, k["calibration_seed"], k["scoring_seed"]),
+                                                  {}).items() if n.endswith(f"_{task}")}
+                if "uniform" not in common or "owl" not in common:
+                    continue
                 ppl.append(auto["wikitext2_ppl"])
                 chosen.append(auto["chosen"])
-                diffs["uniform"].append(100 * (auto["wikitext2_ppl"] / fixed["uniform"] - 1))
-                diffs["owl"].append(100 * (auto["wikitext2_ppl"] / fixed["owl"] - 1))
-                diffs["best"].append(100 * (auto["wikitext2_ppl"] / min(fixed.values()) - 1))
+                diffs["uniform"].append(100 * (auto["wikitext2_ppl"] / common["uniform"] - 1))
+                diffs["owl"].append(100 * (auto["wikitext2_ppl"] / common["owl"] - 1))
+                diffs["best"].append(100 * (auto["wikitext2_ppl"] / min({**common, **own}.values()) - 1))
             if not ppl:
                 continue
-
-            def fmt(values: list[float]) -> str:
-                return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
-
             picks = ", ".join(f"{c} ×{chosen.count(c)}" for c in dict.fromkeys(chosen))
             lines.append(f"| {method} | {sparsity:.0%} | {task} | {len(ppl)} | {picks} | {statistics.mean(ppl):.2f} | "
                          f"{fmt(diffs['uniform'])} | {fmt(diffs['owl'])} | {fmt(diffs['best'])} | "
-                         f"{sum(d <= 0 for d in diffs['uniform'])}/{len(ppl)} |")
+                         f"{sum(d <= 0 for d in diffs['uniform'])}/{len(ppl)} | {sum(d <= 0 for d in diffs['owl'])}/{len(ppl)} |")
     return "\n".join(lines)
 
 

@@ -31,3 +31,23 @@ def test_results_block_replaces_only_its_block(tmp_path, monkeypatch):
     assert text.startswith("# Results\n\nhand-written text\n") and text.count("BEGIN demo") == 1
     assert read_block(path, "demo") == "| a |\n|---|\n| 2 |" and read_block(path, "other") == "x"
     assert read_block(path, "missing") is None
+
+
+def test_result_tables_in_the_docs_match_the_benchmark_outputs(monkeypatch):
+    """The README's and RESULTS.md's generated tables are exactly what the benchmark scripts make of the committed
+    outputs (no hand-copied figure)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import json
+
+    import auto_selection_smollm2 as selection
+    from result_rows import ResultRows
+    from results_block import read_block
+
+    root = BENCHMARKS.parent
+    rows = ResultRows(root / "benchmarks" / "figures" / "auto_selection_smollm2.jsonl").rows()
+    table = selection.summarize(rows, ["tinystories", "arc_easy"])
+    cost = selection.cost_table(json.loads((root / "benchmarks" / "figures" / "auto_selection_cost.json").read_text()))
+    assert table.count("\n") >= 3  # a header and at least two rows of results
+    for document in (root / "benchmarks" / "RESULTS.md", root / "README.md"):
+        assert read_block(document, selection.BLOCK) == table, document
+        assert read_block(document, selection.COST_BLOCK) == cost, document

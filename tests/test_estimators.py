@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_layerif.influence.arguments import InfluenceArguments
-from hf_layerif.influence.estimators import estimate_influence
+from hf_layerif.influence.estimators import estimate_influence, get_estimator
 from hf_layerif.influence.gram import GramAccumulator, GroupLayout
 from hf_layerif.models.blocks import find_transformer_blocks
 
@@ -217,11 +217,12 @@ def _streamed(G, v, args, n, budget=1 << 30, spill_dir=None, chunk=3):
     from hf_layerif.influence.streaming import StreamingStatistics
 
     layout = GroupLayout([b if args.granularity == "tensor" else [0, b[-1]] for b in BOUNDS])
-    stats = StreamingStatistics(layout, v, n, G[0].dtype, budget, spill_dir, keep_gradients=args.estimator == "datainf")
+    estimator = get_estimator(args)
+    stats = StreamingStatistics(layout, v, n, G[0].dtype, budget, spill_dir, keep_gradients=estimator.stores_gradients)
     for start in range(0, n, chunk):
         stats.add([g[start:start + chunk] for g in G])
     damping = stats.damping(args)
-    per_group = stats.datainf(damping) if args.estimator == "datainf" else stats.tracin()
+    per_group = estimator.from_statistics(stats, damping)
     influence = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
     influence.index_add_(0, layout.group_to_block(), per_group)
     return influence, damping, stats
@@ -313,7 +314,7 @@ def test_gram_route_through_the_engine_spilled_or_not(tmp_path, estimator):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_datainf_ranks_blocks_as_exact_inside_its_regime_and_warns_outside(seed, caplog):
-    """ρ = mean‖g‖²/λ: with ρ ≤ 0.5 (inside DataInf's regime, ρ ≤ 1) its block ranking equals exact's; under the default damping
+    """ρ = mean‖g‖²/λ: with ρ ≤ 0.5 (DataInf's regime) its block ranking equals exact's; under the default damping
     ρ = d / damping_factor, recorded per group, and the run warns."""
     from conftest import random_samples, tiny_llama, with_lora
 
@@ -336,9 +337,42 @@ def test_datainf_ranks_blocks_as_exact_inside_its_regime_and_warns_outside(seed,
     dims = default.provenance["blocks"]["tracked_dims"]
     assert default.estimator["curvature_ratio"] == pytest.approx([d / 0.1 for d in dims], rel=1e-9)
     assert "datainf approximates the exact damped influence only while" in caplog.text
-    factor = 2 * max(dims)  # every block at ρ = d / factor ≤ 0.5, inside the regime (limit 1)
+    factor = 2 * max(dims)  # every block at ρ = d / factor ≤ 0.5, inside the regime
     inside = compute_layer_influence(model, train, val, estimator="datainf", damping_factor=factor, **common)
     exact = compute_layer_influence(model, train, val, estimator="exact", damping_factor=factor, **common)
     assert max(inside.estimator["curvature_ratio"]) <= 0.5
     assert spearman(inside.block_scores().tolist(), exact.block_scores().tolist()) == pytest.approx(1.0)
     assert torch.corrcoef(torch.stack([inside.influence.flatten(), exact.influence.flatten()]))[0, 1] > 0.99
+
+
+def test_a_registered_streaming_estimator_gets_its_own_result_back():
+    """A new estimator is one class plus a registration: the engine routes it by what it declares (streaming, no
+    stored gradients) and returns its own formula's result, never another estimator's."""
+    from conftest import random_samples, tiny_llama, with_lora
+
+    from hf_layerif import compute_layer_influence
+    from hf_layerif.influence.estimators import ESTIMATORS, InfluenceEstimator, register_estimator
+
+    @register_estimator
+    class ScaledTracIn(InfluenceEstimator):
+        name = "scaled_tracin_for_test"
+        uses_damping = False
+        streaming = True
+        stores_gradients = False
+
+        def __call__(self, a, K, damping):
+            return -3.0 * a.to(torch.float64)
+
+        def from_statistics(self, statistics, damping):
+            return -3.0 * statistics.a.to("cpu", torch.float64)
+
+    try:
+        model = with_lora(tiny_llama(torch.float64), randomize_b=True)
+        train, val = random_samples(6), random_samples(2, seed=1)
+        common = dict(progress=False, bootstrap_samples=0, fit_steps=0, repeats=1)
+        scaled = compute_layer_influence(model, train, val, estimator="scaled_tracin_for_test", **common)
+        tracin = compute_layer_influence(model, train, val, estimator="tracin", **common)
+        torch.testing.assert_close(scaled.influence, 3.0 * tracin.influence, rtol=1e-6, atol=0)
+        assert scaled.estimator["name"] == "scaled_tracin_for_test"
+    finally:
+        ESTIMATORS.pop("scaled_tracin_for_test", None)

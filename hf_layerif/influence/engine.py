@@ -42,7 +42,7 @@ from .checkpoint import (
     save_training_progress,
     save_validation_gradients,
 )
-from .estimators import ESTIMATORS, curvature_ratio, estimate_influence
+from .estimators import ESTIMATORS, curvature_ratio, estimate_influence, get_estimator
 from .fitting import zero_gradient_lora_a
 from .gram import GramAccumulator, GroupLayout
 from .streaming import StreamingStatistics
@@ -143,7 +143,7 @@ class InfluenceEngine:
         store = float(torch.empty(0, dtype=self.store_dtype).element_size())
         procs = 1 if self.accelerator is None else self.accelerator.num_processes
         groups = self.layout.num_groups
-        stored = num_train * total_dim * store if self.args.estimator != "tracin" else 0.0
+        stored = num_train * total_dim * store if ESTIMATORS[self.args.estimator].stores_gradients else 0.0
         if self.streaming and procs > 1:
             stored /= procs  # each process keeps only its own samples' gradients
         budget = self.args.gradient_memory_gb * 2**30
@@ -286,10 +286,11 @@ class InfluenceEngine:
         """
         budget = int(self.args.gradient_memory_gb * 2**30)
         if self.streaming if streaming is None else streaming:
+            keep = ESTIMATORS[self.args.estimator].stores_gradients
             acc = StreamingStatistics(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir,
-                                      self.store_dtype, keep_gradients=self.args.estimator == "datainf")
+                                      self.store_dtype, keep_gradients=keep)
             route = ("stored gradients read twice" + (f", spilled to {spill_dir} beyond the budget" if spill_dir else "")
-                     if self.args.estimator == "datainf" else "no gradients stored")
+                     if keep else "no gradients stored")
             logger.info("%s in O(n·d): %s.", self.args.estimator, route)
         else:
             shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
@@ -328,13 +329,14 @@ class InfluenceEngine:
         return acc, losses
 
     def estimate_streaming(self, acc: StreamingStatistics) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """DataInf / TracIn from streamed statistics: (influence [L, n] float64, damping [groups], settings)."""
+        """A streaming estimator's result from streamed statistics: (influence [L, n] float64, damping [groups],
+        settings); the estimator computes it (:meth:`InfluenceEstimator.from_statistics`)."""
+        estimator = get_estimator(self.args)
         damping = acc.damping(self.args)
         ratio = curvature_ratio(acc.norms, damping)
-        if self.args.estimator == "tracin":
-            per_group, damping = acc.tracin(), torch.zeros_like(damping)
-        else:
-            per_group = acc.datainf(damping)
+        per_group = estimator.from_statistics(acc, damping)
+        if not estimator.uses_damping:
+            damping = torch.zeros_like(damping)
         if not torch.isfinite(per_group).all():
             raise FloatingPointError(f"The {self.args.estimator} estimator produced non-finite influence values; raise "
                                      "damping / damping_factor.")

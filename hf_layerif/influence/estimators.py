@@ -76,8 +76,14 @@ def register_estimator(cls: type[InfluenceEstimator]) -> type[InfluenceEstimator
 class InfluenceEstimator(ABC):
     """Base class: ``estimator(a, K, damping) -> influence`` with the shapes of the module docstring.
 
-    ``streaming`` estimators also run in O(n·d) from streamed statistics (``influence/streaming.py``) and never
-    need K; the engine takes that route for them.
+    What an estimator needs from the gradient pass is declared here, and the engine plans memory and accumulates
+    from the declaration alone (no estimator name in it):
+
+    - ``streaming``: it also runs in O(n·d) from streamed statistics (a = G v, ‖g‖² and, when
+      ``stores_gradients``, the stored per-sample gradients for a second read; ``influence/streaming.py``) and never
+      needs K; :meth:`from_statistics` computes its result there. Otherwise it needs K = G Gᵀ (``gram.py``).
+    - ``stores_gradients``: its streaming route reads the per-sample gradients again (they are kept, in memory up to
+      ``gradient_memory_gb``, then on disk).
     """
 
     name: str = ""
@@ -86,7 +92,13 @@ class InfluenceEstimator(ABC):
     # (None: the estimator is exact for its own definition)
     regime_ratio_limit: float | None = None
     streaming: bool = False
+    stores_gradients: bool = True
     dtype: torch.dtype = torch.float64  # of the solves (InfluenceArguments.solve_dtype); results are float64
+
+    def from_statistics(self, statistics, damping: torch.Tensor) -> torch.Tensor:
+        """Influence [groups, n] (float64, Koh & Liang sign) from streamed statistics (``streaming`` estimators:
+        a :class:`~hf_layerif.influence.streaming.StreamingStatistics` and λ [groups])."""
+        raise TypeError(f"estimator {self.name!r} has no streaming route (streaming=False): it needs K.")
 
     @classmethod
     def from_arguments(cls, args: InfluenceArguments) -> InfluenceEstimator:
@@ -115,9 +127,13 @@ class TracInEstimator(InfluenceEstimator):
     name = "tracin"
     uses_damping = False
     streaming = True
+    stores_gradients = False
 
     def __call__(self, a, K, damping):
         return -a.to(torch.float64)
+
+    def from_statistics(self, statistics, damping):
+        return -statistics.a.to("cpu", torch.float64)
 
 
 @register_estimator
@@ -131,9 +147,9 @@ class DataInfEstimator(InfluenceEstimator):
     name = "datainf"
     streaming = True
 
-    # measured (docs/FIDELITY.md): the block ranking equals exact's for ρ ≤ 1 on every model and seed tried (one
-    # pair of blocks swaps at ρ = 2 on some), and departs from it as ρ grows (Spearman about 0.5 at ρ = d / 0.1)
-    regime_ratio_limit = 1.0
+    # measured (docs/FIDELITY.md): the block ranking equals exact's for ρ ≤ 0.5 on every model and seed tried (one
+    # pair of blocks swaps at ρ = 1 on some), and departs from it as ρ grows (Spearman 0.3-0.7 at ρ = d / 0.1)
+    regime_ratio_limit = 0.5
 
     def __call__(self, a, K, damping):
         a, K = a.to(self.dtype), K.to(self.dtype)
@@ -142,6 +158,9 @@ class DataInfEstimator(InfluenceEstimator):
         c = a / (lam + torch.diagonal(K, dim1=1, dim2=2))
         Kc = torch.bmm(K, c.unsqueeze(2)).squeeze(2)
         return (-(a - Kc / n) / lam).to(torch.float64)
+
+    def from_statistics(self, statistics, damping):
+        return statistics.datainf(damping)
 
 
 @register_estimator

@@ -175,9 +175,6 @@ class StreamingStatistics(ResumableAccumulator):
             Gw = self.reduce(Gw)
         return (-(a - Gw / self.n) / lam).to("cpu")
 
-    def tracin(self) -> torch.Tensor:
-        return -self.a.to("cpu", torch.float64)
-
     # --- checkpointing --------------------------------------------------------------------------------
     def close_for_save(self) -> None:
         if self.keep_gradients:
