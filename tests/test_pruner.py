@@ -260,3 +260,29 @@ def test_a_registered_allocation_method_is_a_pruning_allocation_by_name():
         assert report.extra["allocation"] == "last-heavier"
     finally:
         del ALLOCATION_METHODS["sparsity"]["last-heavier"]
+
+
+def test_model_derived_allocation_inputs_and_auto_work_on_an_offloaded_model():
+    """OWL's outlier ratios and PL_Alpha_Hill read weights through the offload map: an offloaded model gets the
+    values of the same model in memory, and allocation='auto' chooses and prunes it the same way."""
+    from accelerate import cpu_offload
+
+    from hf_layerif.allocation import block_alpha_hill
+    from hf_layerif.allocation.owl import layerwise_outlier_distribution
+
+    model = tiny_llama(layers=4)
+    offloaded = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
+    ids, selection = _calib(seed=3), _calib(n=4, seed=4)
+    assert block_alpha_hill(offloaded, cache=False) == pytest.approx(block_alpha_hill(model, cache=False), rel=1e-12)
+    assert layerwise_outlier_distribution(offloaded, ids, progress=False) == pytest.approx(
+        layerwise_outlier_distribution(model, ids, progress=False), rel=1e-9)
+    config = PruningConfig(method="wanda", sparsity=0.5, allocation="auto", candidates="owl,alphapruning", nsamples=8,
+                           seqlen=12)
+    plain = LayerIFPruner(model).prune(config, ids, progress=False, selection_dataset=selection)
+    moved = LayerIFPruner(offloaded).prune(config, ids, progress=False, selection_dataset=selection)
+    assert moved.selection["chosen"] == plain.selection["chosen"]
+    for a, b in zip(moved.selection["candidates"], plain.selection["candidates"]):
+        assert a["screen_loss"] == pytest.approx(b["screen_loss"], rel=1e-6)
+    with torch.no_grad():
+        x = torch.randint(3, 50, (2, 7))
+        torch.testing.assert_close(offloaded(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..models.blocks import base_linears, find_transformer_blocks
+from ..models.offload import read_weight
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,9 @@ def pl_alpha_hill(weight: torch.Tensor, bins: int = 100, peak_factor: float = 1.
 
 
 def _linear_weights(block: nn.Module):
+    """The [out, in] weights of the block's linears, read through the offload map when offloaded."""
     for _, sub in base_linears(block):
-        yield sub.weight
+        yield read_weight(sub)
 
 
 def _cache_file(model: nn.Module, blocks, cache_dir) -> Path:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..calibration.runner import BlockSequentialRunner, InputStatistics
+from ..models.offload import read_weight
 
 OWL_M = 5.0
 OWL_LAMBDA = 0.08
@@ -43,10 +44,8 @@ def layerwise_outlier_distribution(model: nn.Module, calibration_ids: torch.Tens
     def visit(index, block, forward):
         with InputStatistics(block) as stats:
             forward()
-        scores = []
-        for name, module in stats.modules.items():
-            layout = "out_in" if isinstance(module, nn.Linear) else "in_out"
-            scores.append(wanda_scores(module.weight, stats.column_norms(name), layout))
+        # [out, in] weights read through the offload map (an offloaded block's weights are on meta again here)
+        scores = [wanda_scores(read_weight(module), stats.column_norms(name)) for name, module in stats.modules.items()]
         lods.append(outlier_ratio(scores, m))
 
     runner.run(visit)
