@@ -238,7 +238,8 @@ def test_pruner_from_pretrained_restores_what_save_pretrained_wrote(tmp_path):
     assert again.allocation.to_dict() == Allocation.from_pretrained(tmp_path / "layerif_allocation.json").to_dict()
     assert again.allocation.values == pytest.approx(allocation.values)
     # the config's allocation reference resolves: the same ratios come back
-    assert again.resolve_block_ratios(again.config, None, progress=False) == pytest.approx(allocation.values)
+    resolved = again.resolve_allocation(again.config, None, progress=False)
+    assert again.block_ratios(resolved, again.config) == pytest.approx(allocation.values)
     with pytest.raises(FileNotFoundError, match="no such local folder or file"):
         PruningConfig.from_pretrained(str(tmp_path / "missing" / "deeper"))
 

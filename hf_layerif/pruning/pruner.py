@@ -82,9 +82,10 @@ class LayerIFPruner:
         return pruner
 
     # --- ratios -------------------------------------------------------------------------------------------
-    def resolve_block_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor | None,
-                             progress: bool = True) -> list[float]:
-        """Sparsity per block for ``config.allocation``, and ``self.allocation`` (None for uniform).
+    def resolve_allocation(self, config: PruningConfig, calibration_ids: torch.Tensor | None,
+                           progress: bool = True):
+        """The :class:`~hf_layerif.allocation.Allocation` of ``config.allocation`` for this model, or None for
+        uniform ratios; changes nothing (the pruner keeps what :meth:`prune` used in ``self.allocation``).
 
         ``config.allocation`` may be: None (uniform); the name of a registered sparsity allocation method whose
         input comes from the model (``"uniform"``, ``"owl"``: outlier ratios on ``calibration_ids``,
@@ -95,8 +96,7 @@ class LayerIFPruner:
 
         allocation = config.allocation
         if allocation is None or allocation == "uniform":
-            self.allocation = None
-            return [config.sparsity] * len(self.blocks)
+            return None
         if isinstance(allocation, str) and allocation in ALLOCATION_METHODS["sparsity"]:
             method = allocation_method("sparsity", allocation)
             if method.source is not None and method.source not in MODEL_SOURCES:
@@ -104,10 +104,9 @@ class LayerIFPruner:
                                  "from the model: pass an Allocation or LayerInfluenceScores instead.")
             inputs = {} if method.source is None else {
                 method.source: MODEL_SOURCES[method.source](self, config, calibration_ids, progress)}
-            self.allocation = sparsity_allocation(None, config.sparsity, model=self.model, method=allocation,
-                                                  epsilon=config.epsilon, reverse=config.reverse,
-                                                  owl_lambda=config.owl_lambda, owl_m=config.owl_m, **inputs)
-            return list(self.allocation.values)
+            return sparsity_allocation(None, config.sparsity, model=self.model, method=allocation,
+                                       epsilon=config.epsilon, reverse=config.reverse, owl_lambda=config.owl_lambda,
+                                       owl_m=config.owl_m, **inputs)
         if isinstance(allocation, (str, os.PathLike)):
             allocation = Allocation.from_pretrained(allocation)
         if isinstance(allocation, Allocation):
@@ -118,14 +117,16 @@ class LayerIFPruner:
             if achieved is not None and abs(achieved - config.sparsity) > 1e-6:
                 raise ValueError(f"the allocation's global sparsity is {achieved:.6f} but config.sparsity is "
                                  f"{config.sparsity}; make them agree.")
-            self.allocation = allocation
-            return list(allocation.values)
+            return allocation
         if hasattr(allocation, "block_scores"):  # LayerInfluenceScores
-            self.allocation = sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon,
-                                                  reverse=config.reverse)
-            return list(self.allocation.values)
-        raise ValueError(f"unsupported allocation {allocation!r}: use None, 'uniform', 'owl', 'alphapruning', an "
-                         "Allocation, LayerInfluenceScores or a folder with layerif_allocation.json.")
+            return sparsity_allocation(allocation, config.sparsity, model=self.model, epsilon=config.epsilon,
+                                       reverse=config.reverse)
+        raise ValueError(f"unsupported allocation {allocation!r}: use None, 'uniform', 'owl', 'alphapruning', 'auto', "
+                         "an Allocation, LayerInfluenceScores or a folder with layerif_allocation.json.")
+
+    def block_ratios(self, allocation, config: PruningConfig) -> list[float]:
+        """Sparsity per block of a resolved allocation (None: ``config.sparsity`` everywhere)."""
+        return [config.sparsity] * len(self.blocks) if allocation is None else list(allocation.values)
 
     def _outlier_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor, progress: bool) -> list[float]:
         from ..allocation.owl import layerwise_outlier_distribution
@@ -248,7 +249,8 @@ class LayerIFPruner:
             ratios = list(self.allocation.values)
             return self._finish(config, ids, ratios, results, started, calibration_dataset, selection)
         ids = self.calibration_ids(config, calibration_dataset) if self.needs_calibration(config) else None
-        ratios = self.resolve_block_ratios(config, ids, progress)
+        self.allocation = self.resolve_allocation(config, ids, progress)
+        ratios = self.block_ratios(self.allocation, config)
         results: list[ModuleResult] = []
 
         def prune_block(index: int, block: nn.Module, forward=None) -> None:

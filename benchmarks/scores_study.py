@@ -1,0 +1,193 @@
+"""How each scoring-protocol choice moves the block scores: depth profile, agreement across seeds and with exact.
+Not a test.
+
+For every protocol choice (one change from the baseline at a time) and every (task, seed), the scores of one run
+(one adapter draw, fitted as the choice says) are summarised by: Spearman of the block scores with the block index
+(> 0: scores rise with depth, the shape of the authors' released Mistral-7B / Gemma-7B scores), the rank of block 0
+(1 = highest score), the pairwise Spearman of the block rankings across seeds (same task), and, where the exact
+estimator runs on the same gradients, Spearman with exact. Tasks chosen to differ: TinyStories paragraphs and
+ARC-Easy instruction/answer pairs. The second table is the stability of the full default protocol (fitted adapter,
+3 draws) across 4 seeds as the number of training samples grows, with its cost on this CPU.
+
+    OMP_NUM_THREADS=1 python benchmarks/scores_study.py --write_results docs/FIDELITY.md          # stories260K
+    OMP_NUM_THREADS=1 python benchmarks/scores_study.py --model smollm2 --write_results docs/FIDELITY.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_rows import ResultRows  # noqa: E402
+from results_block import replace_block  # noqa: E402
+
+# one change from the baseline at a time: name -> (influence options, LoRA target modules)
+CHOICES = {
+    "baseline (fitted, all-linear, block λ, factor 0.1, datainf, positive)": ({}, "all-linear"),
+    "granularity=tensor (DataInf's per-tensor λ)": ({"granularity": "tensor"}, "all-linear"),
+    "LoRA on q,v only (DataInf's setting)": ({}, "q_proj,v_proj"),
+    "fit_steps=0 (fresh adapter)": ({"fit_steps": 0}, "all-linear"),
+    "damping_factor=1e4 (ρ ≈ d / 10⁴)": ({"damping_factor": 1e4}, "all-linear"),
+    "estimator=tracin (no Hessian)": ({"estimator": "tracin"}, "all-linear"),
+    "estimator=exact": ({"estimator": "exact"}, "all-linear"),
+}
+AGGREGATIONS = ("positive", "harmful", "all", "top_fraction")
+
+
+def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
+    import random
+
+    if task == "tinystories":
+        text = (shared / "text/tinystories/tinystories_val_head.txt").read_text(encoding="utf-8")
+        rows = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 100 and "â€" not in p]
+    else:
+        data = json.loads((shared / "tasks/llm_adapters/dataset/ARC-Easy/train.json").read_text())
+        rows = [f"{r['instruction']}\n\n{r['output']}" for r in data]
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    return rows[:n_train], rows[n_train:n_train + n_val]
+
+
+def load(name: str, shared: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "smollm2":
+        from smollm2 import load_smollm2
+
+        return load_smollm2()
+    folder = shared / "models" / "stories260K"
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def spearman_with_depth(scores: list[float]) -> float:
+    from hf_layerif.influence.stability import spearman
+
+    return spearman(scores, list(range(len(scores))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--model", default="stories260k", choices=("stories260k", "smollm2"))
+    parser.add_argument("--tasks", default="tinystories,arc_easy")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--train_samples", type=int, default=64)
+    parser.add_argument("--fit_steps", type=int, default=30)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--stability_samples", default="48,96,192")
+    parser.add_argument("--stability_seeds", default="0,1,2,3")
+    parser.add_argument("--jsonl", default=None)
+    parser.add_argument("--write_results", default=None, nargs="*")
+    parser.add_argument("--summarize_only", action="store_true")
+    args = parser.parse_args()
+    jsonl = args.jsonl or f"benchmarks/figures/scores_study_{args.model}.jsonl"
+    if not args.summarize_only:
+        run(args, jsonl)
+    rows = ResultRows(jsonl).rows()
+    for path in args.write_results or []:
+        replace_block(path, f"scores-study-{args.model}", summarize(rows))
+        replace_block(path, f"scores-stability-{args.model}", summarize_stability(rows))
+    print(summarize(rows))
+    print(summarize_stability(rows))
+
+
+def run(args, jsonl: str) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from hf_layerif import compute_layer_influence
+
+    torch.set_num_threads(1)
+    shared = Path(args.shared)
+    results = ResultRows(jsonl)
+    base, tokenizer = load(args.model, shared)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    common = dict(tokenizer=tokenizer, max_length=args.max_length, repeats=1, bootstrap_samples=0, progress=False,
+                  batch_size=8, fit_batch_size=8)
+    for task, seed in itertools.product(args.tasks.split(","), (int(s) for s in args.seeds.split(","))):
+        train, validation = task_texts(shared, task, seed, args.train_samples, args.train_samples // 4)
+        for choice, (options, targets) in CHOICES.items():
+            key = {"part": "choices", "choice": choice, "task": task, "seed": seed}
+            if results.has(key):
+                continue
+            base.load_state_dict(original)
+            torch.manual_seed(seed)
+            model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                    target_modules=targets.split(",") if "," in targets else targets))
+            started = time.time()
+            scores = compute_layer_influence(model, train, validation, seed=seed,
+                                             **{"fit_steps": args.fit_steps, **options}, **common)
+            model.unload()
+            results.record(key, {"scores": {a: scores.block_scores(a).tolist() for a in AGGREGATIONS},
+                                 "max_rho": max(scores.estimator.get("curvature_ratio") or [float("nan")]),
+                                 "seconds": time.time() - started})
+    for n, seed in itertools.product((int(s) for s in args.stability_samples.split(",")),
+                                     (int(s) for s in args.stability_seeds.split(","))):
+        key = {"part": "stability", "n": n, "seed": seed}
+        if results.has(key):
+            continue
+        train, validation = task_texts(shared, "tinystories", seed, n, 32)
+        base.load_state_dict(original)
+        torch.manual_seed(seed)
+        model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+        started = time.time()
+        scores = compute_layer_influence(model, train, validation, tokenizer=tokenizer, max_length=args.max_length,
+                                         seed=seed, bootstrap_samples=0, progress=False, batch_size=8)
+        model.unload()
+        results.record(key, {"scores": scores.block_scores().tolist(), "seconds": time.time() - started,
+                             "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"]})
+
+
+def _pairwise(vectors: list[list[float]]) -> list[float]:
+    from hf_layerif.influence.stability import spearman
+
+    return [spearman(a, b) for a, b in itertools.combinations(vectors, 2)]
+
+
+def summarize(rows: list[dict]) -> str:
+    from hf_layerif.influence.stability import spearman
+
+    rows = [r for r in rows if r["key"]["part"] == "choices"]
+    exact = {(r["key"]["task"], r["key"]["seed"]): r["scores"]["positive"] for r in rows
+             if r["key"]["choice"] == "estimator=exact"}
+    lines = ["| protocol choice | aggregation | Spearman with block index (mean [min, max]) | block-0 rank (mean) | "
+             "pairwise Spearman across seeds (mean) | Spearman with exact (mean) | max ρ |",
+             "|---|---|---|---|---|---|---|"]
+    for choice in dict.fromkeys(r["key"]["choice"] for r in rows):
+        group = [r for r in rows if r["key"]["choice"] == choice]
+        for aggregation in (AGGREGATIONS if choice.startswith("baseline") else ("positive",)):
+            depth = [spearman_with_depth(r["scores"][aggregation]) for r in group]
+            block0 = [1 + sorted(r["scores"][aggregation], reverse=True).index(r["scores"][aggregation][0]) for r in group]
+            seeds = []
+            for task in dict.fromkeys(r["key"]["task"] for r in group):
+                seeds += _pairwise([r["scores"][aggregation] for r in group if r["key"]["task"] == task])
+            with_exact = [spearman(r["scores"][aggregation], exact[(r["key"]["task"], r["key"]["seed"])])
+                          for r in group if (r["key"]["task"], r["key"]["seed"]) in exact]
+            lines.append(f"| {choice} | {aggregation} | {statistics.mean(depth):+.2f} [{min(depth):+.2f}, {max(depth):+.2f}] | "
+                         f"{statistics.mean(block0):.1f} | {statistics.mean(seeds):.2f} | "
+                         f"{statistics.mean(with_exact):.2f} | {max(r['max_rho'] for r in group):.3g} |")
+    return "\n".join(lines)
+
+
+def summarize_stability(rows: list[dict]) -> str:
+    rows = [r for r in rows if r["key"]["part"] == "stability"]
+    lines = ["| training samples | seeds | pairwise Spearman across seeds mean [min] | seconds per run (median) |",
+             "|---|---|---|---|"]
+    for n in sorted({r["key"]["n"] for r in rows}):
+        group = [r for r in rows if r["key"]["n"] == n]
+        pairs = _pairwise([r["scores"] for r in group])
+        if pairs:
+            lines.append(f"| {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
+                         f"{statistics.median(r['seconds'] for r in group):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
