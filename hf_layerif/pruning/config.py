@@ -130,6 +130,13 @@ class PruningConfig(JsonPretrainedMixin):
                     "global budget. Use structure='unstructured' with an allocation, or allocation='uniform' with N:M."
                 )
 
+    def activation_kwargs(self) -> dict:
+        """``activation_device`` / ``activation_dtype`` as the block-sequential runner takes them."""
+        import torch
+
+        dtype = getattr(torch, self.activation_dtype) if self.activation_dtype else None
+        return {"activation_device": self.activation_device, "activation_dtype": dtype}
+
     @property
     def nm(self) -> tuple[int, int] | None:
         if self.structure == "unstructured":

@@ -25,6 +25,7 @@ from ..utils.logging import get_logger
 from .blockwise import collect_block_statistics, prune_block_linears
 from .config import AUTO, PRUNING_CONFIG_FILE, PruningConfig
 from .methods import pruning_method
+from .model_inputs import compute_model_inputs
 from .report import REPORT_FILE, ModuleResult, PruningReport
 
 logger = get_logger(__name__)
@@ -99,11 +100,7 @@ class LayerIFPruner:
             return None
         if isinstance(allocation, str) and allocation in ALLOCATION_METHODS["sparsity"]:
             method = allocation_method("sparsity", allocation)
-            if method.source is not None and method.source not in MODEL_SOURCES:
-                raise ValueError(f"allocation={allocation!r} needs {method.source}, which the pruner cannot compute "
-                                 "from the model: pass an Allocation or LayerInfluenceScores instead.")
-            inputs = {} if method.source is None else {
-                method.source: MODEL_SOURCES[method.source](self, config, calibration_ids, progress)}
+            inputs = compute_model_inputs(self.model, config, [method.source], calibration_ids, progress)
             return sparsity_allocation(None, config.sparsity, model=self.model, method=allocation,
                                        epsilon=config.epsilon, reverse=config.reverse, owl_lambda=config.owl_lambda,
                                        owl_m=config.owl_m, **inputs)
@@ -128,28 +125,12 @@ class LayerIFPruner:
         """Sparsity per block of a resolved allocation (None: ``config.sparsity`` everywhere)."""
         return [config.sparsity] * len(self.blocks) if allocation is None else list(allocation.values)
 
-    def _outlier_ratios(self, config: PruningConfig, calibration_ids: torch.Tensor, progress: bool) -> list[float]:
-        from ..allocation.owl import layerwise_outlier_distribution
-
-        return layerwise_outlier_distribution(self.model, calibration_ids, m=config.owl_m, batch_size=config.batch_size,
-                                              progress=progress, **self._runner_kwargs(config))
-
-    def _alpha_hill(self, config: PruningConfig, calibration_ids: torch.Tensor | None, progress: bool) -> list[float]:
-        from ..allocation import block_alpha_hill
-
-        return block_alpha_hill(self.model)
-
     def needs_calibration(self, config: PruningConfig) -> bool:
         """True when the method or the allocation reads calibration activations."""
         if pruning_method(config.method).needs_calibration:
             return True
         name = config.allocation if isinstance(config.allocation, str) else None
         return name in ALLOCATION_METHODS["sparsity"] and allocation_method("sparsity", name).source == "outlier_ratios"
-
-    @staticmethod
-    def _runner_kwargs(config: PruningConfig) -> dict:
-        dtype = getattr(torch, config.activation_dtype) if config.activation_dtype else None
-        return {"activation_device": config.activation_device, "activation_dtype": dtype}
 
     def calibration_ids(self, config: PruningConfig, calibration_dataset=None) -> torch.Tensor:
         self._check_seqlen(config, calibration_dataset)
@@ -266,7 +247,7 @@ class LayerIFPruner:
                     prune_block(index, block)
             else:
                 runner = BlockSequentialRunner(self.model, ids, batch_size=config.batch_size, blocks=self.blocks,
-                                               progress=progress, **self._runner_kwargs(config))
+                                               progress=progress, **config.activation_kwargs())
                 runner.run(lambda index, block, forward: prune_block(index, block, forward))
         return self._finish(config, ids, ratios, results, started, calibration_dataset, None)
 
@@ -367,6 +348,3 @@ def _has_file(repo_id_or_path: str, filename: str, revision: str | None) -> bool
             go_offline(f"{type(err).__name__} asking for {filename}")
         return False
 
-
-# per-block inputs of allocation methods that the pruner computes from the model itself (by allocation source)
-MODEL_SOURCES = {"outlier_ratios": LayerIFPruner._outlier_ratios, "alpha_hill": LayerIFPruner._alpha_hill}

@@ -40,13 +40,12 @@ from .candidates import UNIFORM, AllocationCandidate, resolve_candidates
 from .config import PruningConfig
 from .inflight import InFlightResult, prune_in_flight
 from .methods import pruning_method
+from .model_inputs import CALIBRATION_SOURCES, compute_model_inputs
 from .report import ModuleResult
 
 logger = get_logger(__name__)
 
 SELECTION_STATE_FILE = "selection_state.json"
-# per-block inputs of allocation methods computed from calibration activations (screened on the screening subset)
-CALIBRATION_SOURCES = ("outlier_ratios",)
 SELECTION_PLOT_FILE = "selection.png"
 OBJECTIVE = "mean next-token cross-entropy (nats/token) of the pruned model on the selection split"
 
@@ -84,14 +83,8 @@ def candidate_allocations(pruner, config: PruningConfig, candidates: list[Alloca
     """An :class:`~hf_layerif.allocation.Allocation` per candidate (by name). Model-derived inputs (OWL's outlier
     ratios, PL_Alpha_Hill) are computed once, whatever the number of candidates that read them."""
     from ..allocation import sparsity_allocation
-    from .pruner import MODEL_SOURCES
 
-    inputs: dict[str, Any] = {}
-    for source in dict.fromkeys(c.source for c in candidates):
-        if source in MODEL_SOURCES:
-            inputs[source] = MODEL_SOURCES[source](pruner, config, calibration_ids, progress)
-        elif source not in (None, "scores"):
-            raise ValueError(f"a candidate needs {source}, which the pruner cannot compute from the model.")
+    inputs = compute_model_inputs(pruner.model, config, [c.source for c in candidates], calibration_ids, progress)
     allocations = {}
     for c in candidates:
         options = c.options
