@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--stability_samples", default="48,96,192")
     parser.add_argument("--stability_seeds", default="0,1,2,3")
+    parser.add_argument("--choices", default=None,
+                        help="';'-separated beginnings of the protocol choices to run (default: all)")
     parser.add_argument("--jsonl", default=None)
     parser.add_argument("--write_results", default=None, nargs="*")
     parser.add_argument("--summarize_only", action="store_true")
@@ -114,6 +116,8 @@ def run(args, jsonl: str) -> None:
     for task, seed in itertools.product(args.tasks.split(","), (int(s) for s in args.seeds.split(","))):
         train, validation = task_texts(shared, task, seed, args.train_samples, args.train_samples // 4)
         for choice, (options, targets) in CHOICES.items():
+            if args.choices and not any(choice.startswith(c) for c in args.choices.split(";")):
+                continue
             key = {"part": "choices", "choice": choice, "task": task, "seed": seed}
             if results.has(key):
                 continue
@@ -128,7 +132,7 @@ def run(args, jsonl: str) -> None:
             results.record(key, {"scores": {a: scores.block_scores(a).tolist() for a in AGGREGATIONS},
                                  "max_rho": max(scores.estimator.get("curvature_ratio") or [float("nan")]),
                                  "seconds": time.time() - started})
-    for n, seed in itertools.product((int(s) for s in args.stability_samples.split(",")),
+    for n, seed in itertools.product((int(s) for s in args.stability_samples.split(",") if s),
                                      (int(s) for s in args.stability_seeds.split(","))):
         key = {"part": "stability", "n": n, "seed": seed}
         if results.has(key):
