@@ -96,7 +96,8 @@ def main() -> None:
     rows = ResultRows(jsonl).rows()
     for path in args.write_results or []:
         replace_block(path, f"scores-study-{args.model}", summarize(rows))
-        replace_block(path, f"scores-stability-{args.model}", summarize_stability(rows))
+        if any(r["key"]["part"] == "stability" for r in rows):
+            replace_block(path, f"scores-stability-{args.model}", summarize_stability(rows))
     print(summarize(rows))
     print(summarize_stability(rows))
 
