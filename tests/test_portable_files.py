@@ -100,3 +100,19 @@ def test_a_local_model_card_takes_base_model_and_license_and_says_what_is_missin
 
 def secret_free(text, folder):
     return str(folder) not in text
+
+
+def test_a_local_model_card_reads_base_model_and_license_from_the_source_folder(tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    source = tmp_path / "fine-tuned"
+    tiny_llama(layers=4).save_pretrained(source)
+    (source / "README.md").write_text("---\nbase_model: owner/original\nlicense: mit\n---\n# my model\n")
+    pruner = LayerIFPruner(AutoModelForCausalLM.from_pretrained(source))
+    pruner.prune(PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    pruner.save_pretrained(tmp_path / "out")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "owner/original" and card.data.license == "mit"
+    pruner.save_pretrained(tmp_path / "given", license="apache-2.0")  # what the user gives wins
+    assert ModelCard.load(tmp_path / "given" / "README.md").data.license == "apache-2.0"

@@ -279,6 +279,33 @@ _MISSING_FIXES = {"license": "pass license= (--license), e.g. the base model's l
                   "datasets": "pass dataset_names= when scoring (Hub ids of the scored data)"}
 
 
+def _source_card_metadata(model) -> dict[str, str]:
+    """``base_model`` and ``license`` from the README.md card of the local folder the model was loaded from (a
+    pruner's model or a PEFT model's base), when there is one; empty otherwise."""
+    base = getattr(model, "model", model)  # LayerIFPruner -> its model
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    source = getattr(getattr(base, "config", None), "_name_or_path", None)
+    if not isinstance(source, str) or not (Path(source) / "README.md").is_file():
+        return {}
+    try:
+        from huggingface_hub import ModelCard
+
+        data = ModelCard.load(Path(source) / "README.md").data
+    except Exception:  # noqa: BLE001 - a card that cannot be read gives nothing
+        return {}
+    found = {}
+    for field in ("base_model", "license"):
+        value = getattr(data, field, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, str) and value:
+            found[field] = value
+    if "base_model" not in found and "/" in str(getattr(data, "model_name", "") or ""):
+        found["base_model"] = data.model_name
+    return found
+
+
 def _warn_missing_metadata(metadata: dict) -> None:
     """Say once per process which card metadata is missing, and how to give it."""
     for field, fix in _MISSING_FIXES.items():
@@ -313,6 +340,9 @@ def write_hub_folder(allocation: Allocation, local_dir: str | os.PathLike, *, mo
         _prepare_staging_dir(local)
     else:
         _refuse_mixed_artifacts(local, kind)
+    own = _source_card_metadata(model)  # a local source model's own card: its base_model and license
+    license = license or own.get("license")
+    base_model = base_model or own.get("base_model")
     info = _stage(allocation, model, kind, local)
     model_id = allocation.model.get("model_id") or ""
     hub_base = base_model or (model_id if "/" in model_id and not is_local_path(model_id)
