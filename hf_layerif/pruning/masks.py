@@ -59,14 +59,13 @@ def per_row_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     base = total // rows
     extra = total - base * rows
     counts = torch.full((rows,), base, dtype=torch.long, device=scores.device)
+    # the k-th smallest score of each row for k = base (and base + 1, the value a stable sort puts at position base)
+    thresholds = (torch.kthvalue(scores, base, dim=1).values if base > 0
+                  else torch.zeros(rows, dtype=scores.dtype, device=scores.device))
     if extra:
-        next_cost = torch.kthvalue(scores, base + 1, dim=1).values  # the value a stable sort puts at position base
+        next_cost = torch.kthvalue(scores, base + 1, dim=1).values
         counts[_stable_order(next_cost)[:extra]] += 1
-    thresholds = torch.zeros(rows, dtype=scores.dtype, device=scores.device)
-    for k in (base, base + 1) if extra else (base,):
-        if 0 < k <= cols:
-            rows_k = counts == k
-            thresholds = torch.where(rows_k, torch.kthvalue(scores, k, dim=1).values, thresholds)
+        thresholds = torch.where(counts == base + 1, next_cost, thresholds)
     below = scores < thresholds.unsqueeze(1)
     ties = scores == thresholds.unsqueeze(1)
     room = (counts - below.sum(1)).unsqueeze(1)

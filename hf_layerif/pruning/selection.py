@@ -8,7 +8,7 @@ any evaluation data that is not the calibration source).
 Two stages, all candidates of a stage pruned in one pass (:func:`~hf_layerif.pruning.inflight.prune_in_flight`):
 
 1. **Screening**: every candidate is pruned with the first ``ceil(screen_fraction × nsamples)`` calibration
-   sequences and scored; model-derived inputs read from calibration activations (OWL's outlier ratios) come from
+   sequences and scored on the first half of the selection split; model-derived inputs read from calibration activations (OWL's outlier ratios) come from
    the same subset. Rule for dropping early: only the ``finalists`` best non-uniform candidates by this screening
    objective go on; the others are dropped.
 2. **Final**: uniform and the finalists are pruned with all calibration sequences (their outlier ratios too) and
@@ -141,15 +141,20 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
         if state_file is not None:
             write_json(state_file, state)
 
-    def run(names: list[str], ids, keep: bool, desc: str) -> dict[str, InFlightResult]:
-        results = prune_in_flight(model, blocks, method, config, [ratio_sets[n] for n in names], ids, selection_ids,
+    def run(names: list[str], ids, keep: bool, desc: str, scored_on: torch.Tensor = selection_ids
+            ) -> dict[str, InFlightResult]:
+        results = prune_in_flight(model, blocks, method, config, [ratio_sets[n] for n in names], ids, scored_on,
                                   keep_weights=keep, progress=progress, desc=desc)
         return dict(zip(names, results))
+
+    # screening scores on the first half of the selection split (all of it when screening is the final evaluation)
+    screen_selection = selection_ids if exhaustive else selection_ids[:max(1, math.ceil(selection_ids.shape[0] / 2))]
 
     names = list(ratio_sets)
     if "screen" not in state:
         what = "all" if exhaustive else f"{n_screen} of {nsamples}"
-        screened = run(names, screen_ids, False, f"screening {len(names)} allocations ({what} calibration sequences)")
+        screened = run(names, screen_ids, False, f"screening {len(names)} allocations ({what} calibration sequences)",
+                       screen_selection)
         state["screen"] = {n: r.loss for n, r in screened.items()}
         save_state()
     screen_losses: dict[str, float] = state["screen"]
@@ -197,9 +202,12 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
                   "tokens": int(selection_ids.shape[0] * (selection_ids.shape[1] - 1))},
         "rule": ("every candidate pruned with all calibration sequences; lowest objective chosen, ties to uniform"
                  if exhaustive else
-                 f"screening with {n_screen} of {nsamples} calibration sequences; uniform and the best "
-                 f"{config.finalists} other(s) pruned with all of them; lowest final objective chosen, ties to uniform"),
+                 f"screening with {n_screen} of {nsamples} calibration sequences, scored on "
+                 f"{int(screen_selection.shape[0])} of the {int(selection_ids.shape[0])} selection sequences; uniform "
+                 f"and the best {config.finalists} other(s) pruned with all calibration sequences and scored on every "
+                 "selection sequence; lowest final objective chosen, ties to uniform"),
         "screen_nsamples": nsamples if exhaustive else n_screen,
+        "screen_selection_nsamples": int(screen_selection.shape[0]),
         "finalists": finalists,
         "candidates": rows,
         "chosen": chosen,
