@@ -26,9 +26,8 @@ def collect_block_statistics(block: nn.Module, method: PruningMethod, config: Pr
     block (dense weights) on its calibration inputs; None for a method without calibration."""
     if method.statistics is None:
         return None
-    gram = method.statistics == "gram"
-    dtype = getattr(torch, config.hessian_dtype) if gram else torch.float32
-    with InputStatistics(block, gram=gram, dtype=dtype) as stats:
+    dtype = getattr(torch, config.hessian_dtype) if method.needs_gram else torch.float32
+    with InputStatistics(block, gram=method.needs_gram, dtype=dtype) as stats:
         forward()
     return stats
 
@@ -41,7 +40,7 @@ def prune_block_linears(block: nn.Module, index: int, block_name: str, ratio: fl
         started = time.time()
         weight = read_weight(module)
         statistics = (None if stats is None else
-                      stats.grams[name] if method.statistics == "gram" else stats.column_norms(name))
+                      stats.grams[name] if method.needs_gram else stats.column_norms(name))
         new, _, info = method.prune(weight, statistics, ratio, config)
         write_weight(module, new)
         achieved = float((new == 0).sum()) / new.numel()

@@ -37,6 +37,11 @@ class PruningMethod:
     def needs_calibration(self) -> bool:
         return self.statistics is not None
 
+    @property
+    def needs_gram(self) -> bool:
+        """Whether ``prune`` reads the input Gram matrix H = Σ x xᵀ (else column norms, or nothing)."""
+        return self.statistics == "gram"
+
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}
 
