@@ -35,6 +35,10 @@ CHOICES = {
     "granularity=tensor (DataInf's per-tensor λ)": ({"granularity": "tensor"}, "all-linear"),
     "LoRA on q,v only (DataInf's setting)": ({}, "q_proj,v_proj"),
     "fit_steps=0 (fresh adapter)": ({"fit_steps": 0}, "all-linear"),
+    "fit_steps=100": ({"fit_steps": 100}, "all-linear"),
+    "fit_steps=300": ({"fit_steps": 300}, "all-linear"),
+    "loss_reduction=sum (per-sample NLL)": ({"loss_reduction": "sum"}, "all-linear"),
+    "max_length=48 (shorter samples)": ({"max_length": 48}, "all-linear"),
     "damping_factor=1e4 (ρ ≈ d / 10⁴)": ({"damping_factor": 1e4}, "all-linear"),
     "estimator=tracin (no Hessian)": ({"estimator": "tracin"}, "all-linear"),
     "estimator=exact": ({"estimator": "exact"}, "all-linear"),
@@ -114,7 +118,8 @@ def run(args, jsonl: str) -> None:
     original = {k: v.clone() for k, v in base.state_dict().items()}
     common = dict(tokenizer=tokenizer, max_length=args.max_length, repeats=1, bootstrap_samples=0, progress=False,
                   batch_size=8, fit_batch_size=8)
-    for task, seed in itertools.product(args.tasks.split(","), (int(s) for s in args.seeds.split(","))):
+    # seeds outermost: an interrupted run still has every choice on both tasks for the first seeds
+    for seed, task in itertools.product((int(s) for s in args.seeds.split(",")), args.tasks.split(",")):
         train, validation = task_texts(shared, task, seed, args.train_samples, args.train_samples // 4)
         for choice, (options, targets) in CHOICES.items():
             if args.choices and not any(choice.startswith(c) for c in args.choices.split(";")):
@@ -128,7 +133,7 @@ def run(args, jsonl: str) -> None:
                                                     target_modules=targets.split(",") if "," in targets else targets))
             started = time.time()
             scores = compute_layer_influence(model, train, validation, seed=seed,
-                                             **{"fit_steps": args.fit_steps, **options}, **common)
+                                             **{**common, "fit_steps": args.fit_steps, **options})
             model.unload()
             results.record(key, {"scores": {a: scores.block_scores(a).tolist() for a in AGGREGATIONS},
                                  "max_rho": max(scores.estimator.get("curvature_ratio") or [float("nan")]),

@@ -10,26 +10,28 @@ import torch
 from conftest import random_samples, tiny_llama, with_lora
 
 from hf_layerif.data import InfluenceCollator
+from hf_layerif.influence.arguments import InfluenceArguments
 from hf_layerif.influence.capture import KroneckerProjector, PerSampleGradientCapture
 from hf_layerif.models.blocks import find_transformer_blocks, tracked_modules
 
 
-def _loss64(model, sample):
-    """model(**one_sample).loss computed in float64 (transformers' own loss upcasts logits to float32 only)."""
+def _loss64(model, sample, reduction="mean"):
+    """model(**one_sample).loss computed in float64 (transformers' own loss upcasts logits to float32 only);
+    ``reduction="sum"``: the sample's summed token loss instead of the mean."""
     ids = torch.tensor([sample["input_ids"]])
     labels = torch.tensor([sample.get("labels", sample["input_ids"])])
     logits = model(input_ids=ids).logits[0, :-1].double()
     target = labels[0, 1:]
     keep = target != -100
-    return torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    return torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction=reduction)
 
 
-def _reference_grads(model, tracked, samples):
+def _reference_grads(model, tracked, samples, reduction="mean"):
     """Loop over samples at batch size 1; read param.grad of each tracked weight (and bias)."""
     rows = []
     for sample in samples:
         model.zero_grad(set_to_none=True)
-        loss = _loss64(model, sample)
+        loss = _loss64(model, sample, reduction)
         loss.backward()
         per_block = []
         for modules in tracked:
@@ -49,9 +51,9 @@ def _close_float32_internals(got, want):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * scale)
 
 
-def _batched(model, tracked, samples, projector=None):
+def _batched(model, tracked, samples, projector=None, reduction="mean"):
     batch = InfluenceCollator(0)(samples)
-    with PerSampleGradientCapture(model, tracked, torch.float64, projector) as capture:
+    with PerSampleGradientCapture(model, tracked, torch.float64, projector, reduction) as capture:
         grads, losses = capture.compute(batch)
     return grads, losses
 
@@ -72,6 +74,26 @@ def test_lora_target_matches_batch_size_one_loop(prompt_mask):
     hf_losses = torch.stack([model(input_ids=torch.tensor([s["input_ids"]]),
                                    labels=torch.tensor([s.get("labels", s["input_ids"])])).loss.detach() for s in samples])
     torch.testing.assert_close(losses, hf_losses.double(), rtol=1e-6, atol=1e-7)  # HF's loss is float32
+
+
+def test_summed_sample_loss_matches_batch_size_one_loop():
+    """loss_reduction="sum": each sample's gradient is that of its summed token loss (samples of unequal length,
+    so the sum is not a fixed multiple of the mean)."""
+    model = with_lora(tiny_llama(torch.float64), randomize_b=True)
+    tracked = tracked_modules(find_transformer_blocks(model), "lora")
+    samples = random_samples(5, prompt_mask=True, seed=4)
+    assert len({len(s["input_ids"]) for s in samples}) > 1
+    got, losses = _batched(model, tracked, samples, reduction="sum")
+    model.eval()
+    want = _reference_grads(model, tracked, samples, reduction="sum")
+    for g, w in zip(got, want):
+        _close_float32_internals(g, w)
+    ref = torch.stack([_loss64(model, s, "sum").detach() for s in samples])
+    torch.testing.assert_close(losses, ref, rtol=1e-6, atol=1e-6)
+    mean_grads, _ = _batched(model, tracked, samples)
+    assert not torch.allclose(got[0], mean_grads[0])
+    with pytest.raises(ValueError, match="loss_reduction=.*choose one of"):
+        InfluenceArguments(loss_reduction="token")
 
 
 def test_full_target_matches_batch_size_one_loop():

@@ -9,6 +9,7 @@ from typing import Any
 TARGETS = ("lora", "full")
 GRANULARITIES = ("block", "tensor")
 GRADIENT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+LOSS_REDUCTIONS = ("mean", "sum")
 SOLVE_DTYPES = ("float64", "float32")
 DEFAULT_FIT_STEPS = 100  # fit_steps=None fits a fresh scoring adapter this long (API, Trainer and CLI alike)
 
@@ -75,6 +76,8 @@ class InfluenceArguments:
     projection_seed: int = field(default=0, metadata={"help": "Seed of the projection matrices."})
     batch_size: int = field(default=8, metadata={"help": "Samples per forward/backward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate samples to this many tokens."})
+    loss_reduction: str = field(default="mean", metadata={"help": "A sample's loss from its token losses: mean "
+                                "(per-token mean, as model(...).loss) or sum (the sample's negative log-likelihood)."})
     gradient_dtype: str = field(default="auto", metadata={"help": f"One of {GRADIENT_DTYPES}."})
     solve_dtype: str = field(default="float64", metadata={"help": f"One of {SOLVE_DTYPES}: dtype of the Gram estimators' solves."})
     gradient_memory_gb: float = field(default=4.0, metadata={"help": "Device memory for cached per-sample gradients (GB)."})
@@ -112,6 +115,7 @@ class InfluenceArguments:
         check("target", TARGETS)
         check("granularity", GRANULARITIES)
         check("gradient_dtype", GRADIENT_DTYPES)
+        check("loss_reduction", LOSS_REDUCTIONS)
         check("aggregation", AGGREGATIONS)
         if self.damping is not None and not self.damping > 0:
             raise ValueError(f"damping must be > 0 (got {self.damping}); leave it unset to use damping_factor.")

@@ -22,21 +22,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.blocks import TrackedModule
+from .arguments import LOSS_REDUCTIONS
 from .hooks import HookSet
 
 
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss, shape [B], float32 (or float64 for float64 logits).
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Per-sample loss, shape [B], float32 (or float64 for float64 logits), in nats.
 
-    Causal LM (logits [B, T, V]): mean next-token cross-entropy over label tokens (labels shifted by one).
-    Classification (logits [B, C]): cross-entropy of the label.
+    Causal LM (logits [B, T, V]): next-token cross-entropy over the label tokens (labels shifted by one), averaged
+    over the sample's label tokens (``reduction="mean"``, what ``model(**one_sample).loss`` gives) or summed
+    (``"sum"``: the sample's negative log-likelihood, so a longer sample weighs more).
+    Classification (logits [B, C]): cross-entropy of the label (``reduction`` has no effect).
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     if logits.dim() == 3:
         shift_logits = logits[:, :-1, :].to(dtype)
         shift_labels = labels[:, 1:].to(shift_logits.device)
         token_loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                                      ignore_index=-100, reduction="none").view(shift_labels.shape)
+        if reduction == "sum":
+            return token_loss.sum(dim=1)
         counts = (shift_labels != -100).sum(dim=1)
         return token_loss.sum(dim=1) / counts.clamp_min(1)
     if logits.dim() == 2:
@@ -86,14 +93,16 @@ class PerSampleGradientCapture:
         tracked: per block, the tracked modules (from :func:`hf_layerif.models.blocks.tracked_modules`).
         dtype: dtype in which per-sample gradients are formed.
         projector: optional :class:`KroneckerProjector` (target ``full``).
+        loss_reduction: how a sample's token losses make its loss (see :func:`per_sample_loss`).
     """
 
     def __init__(self, model: nn.Module, tracked: list[list[TrackedModule]], dtype: torch.dtype,
-                 projector: KroneckerProjector | None = None):
+                 projector: KroneckerProjector | None = None, loss_reduction: str = "mean"):
         self.model = model
         self.tracked = tracked
         self.dtype = dtype
         self.projector = projector
+        self.loss_reduction = loss_reduction
         self._hooks = HookSet()
         self._inputs: dict[str, list[torch.Tensor]] = {}
         self._grads: dict[str, torch.Tensor] = {}
@@ -249,7 +258,7 @@ class PerSampleGradientCapture:
             with torch.enable_grad():
                 outputs = self.model(**batch, **self._forward_kwargs)
                 logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-                losses = per_sample_loss(logits, labels)
+                losses = per_sample_loss(logits, labels, self.loss_reduction)
                 if self._anchor is None:
                     raise RuntimeError("the input-embedding hook did not fire; is the model fed input_ids?")
                 torch.autograd.grad(losses.sum(), self._anchor)

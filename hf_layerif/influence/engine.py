@@ -113,7 +113,8 @@ class InfluenceEngine:
             # counted but neither formed nor stored (half of the memory and Gram FLOPs of a fresh adapter).
             captured = [[m for m in modules if not zero_gradient_lora_a(m, modules)] for modules in self.tracked]
             counts = [sum(m.numel for m in modules) for modules in self.tracked]
-        self.capture = PerSampleGradientCapture(self.model, captured, self.compute_dtype, self.projector)
+        self.capture = PerSampleGradientCapture(self.model, captured, self.compute_dtype, self.projector,
+                                                args.loss_reduction)
         self.layout = GroupLayout(self.capture.block_bounds(args.granularity), counts)
 
     # --- sizes and checks ---------------------------------------------------------------------------------
