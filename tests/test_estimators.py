@@ -175,7 +175,7 @@ def test_gram_spills_to_disk_and_matches_in_memory(tmp_path):
     for start in range(0, n, 2):
         direct.add([g[start:start + 2] for g in G])
         spilled.add([g[start:start + 2] for g in G])
-    assert spilled.spilled, "the small budget must spill"
+    assert spilled.gradients.spilled, "the small budget must spill"
     a1, K1 = direct.finalize()
     a2, K2 = spilled.finalize()
     torch.testing.assert_close(a1, a2, rtol=0, atol=0)
@@ -245,9 +245,9 @@ def test_streaming_route_matches_bruteforce_and_the_gram_route(name, brute, gran
     spilled, _, stats = _streamed(G, v, args, n, budget=200, spill_dir=tmp_path)
     torch.testing.assert_close(spilled, expected, rtol=1e-10, atol=1e-10)
     if name == "datainf":
-        assert stats.spilled, "the tiny budget must spill"
+        assert stats.gradients.spilled, "the tiny budget must spill"
     else:
-        assert not stats.spilled and not stats.window  # TracIn stores no gradient
+        assert not stats.gradients.spilled and stats.gradients.empty  # TracIn stores no gradient
 
 
 def test_streaming_float32_within_1e4():
@@ -376,3 +376,30 @@ def test_a_registered_streaming_estimator_gets_its_own_result_back():
         assert scaled.estimator["name"] == "scaled_tracin_for_test"
     finally:
         ESTIMATORS.pop("scaled_tracin_for_test", None)
+
+
+def test_gradient_store_returns_every_row_once_across_memory_and_disk(tmp_path):
+    """The one store both routes use: rows come back exactly, each once, whether spilled or still in memory."""
+    from hf_layerif.influence.gradient_store import GradientStore
+
+    rows = [torch.randn(10, 6, dtype=torch.float64), torch.randn(10, 4, dtype=torch.float64)]
+    store = GradientStore(2, 200, tmp_path, torch.float64)
+    for lo in range(0, 10, 3):
+        hi = min(lo + 3, 10)
+        store.append([r[lo:hi] for r in rows], torch.arange(lo, hi))
+        if store.full():
+            store.spill()
+    assert store.spilled and not store.empty, "a 200-byte budget spills some windows and keeps the last in memory"
+    got = [torch.zeros_like(r) for r in rows]
+    seen = torch.zeros(10, dtype=torch.long)
+    for indices, blocks in store.pieces("cpu"):
+        seen[indices] += 1
+        for g, b in zip(got, blocks):
+            g[indices] = b
+    assert seen.tolist() == [1] * 10
+    for g, r in zip(got, rows):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    no_disk = GradientStore(2, 10, None, torch.float64, over_budget_hint="Raise gradient_memory_gb.")
+    no_disk.append([r[:3] for r in rows], torch.arange(3))
+    with pytest.raises(MemoryError, match="Raise gradient_memory_gb"):
+        no_disk.full()

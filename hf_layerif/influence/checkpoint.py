@@ -1,5 +1,9 @@
 """What makes an influence checkpoint reusable: a key over everything that changes the result.
 
+Everything an influence run saves to resume lives here: the resume key, the accumulators' state
+(:class:`ResumableAccumulator`), the validation pass and the training progress; the files are written atomically
+through :mod:`hf_layerif.utils.io`.
+
 A run that writes into an output folder checkpoints there; re-running *the same* call resumes. "The same" is
 decided by :func:`resume_key`: the weights being scored (a fingerprint of every tracked parameter and of the
 base model's parameters), the model id, the data, every influence argument, the blocks and the process count.
@@ -127,8 +131,10 @@ class ResumableAccumulator(ABC):
     """Checkpointing shared by the accumulators of the training pass (``GramAccumulator``, ``StreamingStatistics``).
 
     A subclass sets ``STATE_TENSORS`` (its attribute names saved as the state), ``STATE_FILE`` / ``STATE_META`` and
-    implements :meth:`close_for_save` (spill what is still in memory); it has ``spill_dir``, ``n``, ``rows_done``
-    and ``spilled`` (the spilled windows, ``{"file", "start", "rows"}``).
+    implements :meth:`close_for_save` (spill what is still in memory); it has ``n``, ``rows_done`` and
+    ``gradients`` (its :class:`~hf_layerif.influence.gradient_store.GradientStore`). The saved state is the state
+    tensors (safetensors) and a JSON file with the rows done, the spilled windows and the run's key, both written
+    atomically.
     """
 
     STATE_TENSORS: tuple[str, ...] = ()
@@ -137,50 +143,55 @@ class ResumableAccumulator(ABC):
 
     def _set_inputs(self, layout, validation_gradients: list[torch.Tensor], num_samples: int,
                     compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None,
-                    store_dtype: torch.dtype | None) -> None:
-        """The inputs every accumulator keeps (its constructor's first arguments)."""
+                    store_dtype: torch.dtype | None, over_budget_hint: str = "") -> None:
+        """The inputs every accumulator keeps (its constructor's first arguments) and its gradient store."""
+        from .gradient_store import GradientStore
+
         self.layout = layout
         self.v = validation_gradients
         self.n = num_samples
         self.compute_dtype = compute_dtype
-        self.store_dtype = store_dtype or compute_dtype
-        self.budget = int(memory_budget_bytes)
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.gradients = GradientStore(len(layout.bounds), memory_budget_bytes, spill_dir, store_dtype or compute_dtype,
+                                       over_budget_hint)
+
+    @property
+    def spill_dir(self) -> Path | None:
+        """Folder of the spilled gradients and of the saved state (``None``: no checkpointing)."""
+        return self.gradients.spill_dir
 
     @abstractmethod
     def close_for_save(self) -> None:
         """Spill what is still in memory, so the saved state and the spilled windows are complete."""
 
-    def save_state(self, fingerprint: dict) -> None:
+    def save_state(self, key: dict) -> None:
         """Spill what is in memory, then save the state tensors and the progress (atomically) for a resume."""
-        from ..utils.io import save_accumulator_state
-
         self.close_for_save()
-        save_accumulator_state(self.spill_dir, {name: getattr(self, name) for name in self.STATE_TENSORS},
-                               self.STATE_FILE, self.STATE_META, self.rows_done, self.n, self.spilled, fingerprint)
+        write_safetensors(self.spill_dir / self.STATE_FILE, {name: getattr(self, name) for name in self.STATE_TENSORS})
+        write_json(self.spill_dir / self.STATE_META, {"rows_done": self.rows_done, "num_samples": self.n,
+                                                      "spilled": self.gradients.spilled, "fingerprint": key})
 
-    def try_resume(self, fingerprint: dict) -> int:
-        """Load a saved state if it matches ``fingerprint``; return the number of samples already done."""
-        from ..utils.io import load_accumulator_state
-
-        first = getattr(self, self.STATE_TENSORS[0])
-        loaded = load_accumulator_state(self.spill_dir, self.STATE_FILE, self.STATE_META, fingerprint, self.n,
-                                        device=str(first.device))
-        if loaded is None:
+    def try_resume(self, key: dict) -> int:
+        """Load a saved state if it was saved under ``key`` for the same sample count; return the number of samples
+        already done (0 when there is none to resume)."""
+        meta_path = None if self.spill_dir is None else self.spill_dir / self.STATE_META
+        if meta_path is None or not meta_path.exists():
             return 0
-        state, meta = loaded
+        meta = read_json(meta_path)
+        if meta.get("fingerprint") != key or meta.get("num_samples") != self.n:
+            return 0
+        first = getattr(self, self.STATE_TENSORS[0])
+        state = read_safetensors(self.spill_dir / self.STATE_FILE, device=str(first.device))
         for name in self.STATE_TENSORS:
             getattr(self, name).copy_(state[name])
         self.rows_done = int(meta["rows_done"])
-        self.spilled = list(meta["spilled"])
+        self.gradients.spilled = list(meta["spilled"])
         return self.rows_done
 
     def cleanup(self) -> None:
         """Delete spilled gradients and the state (after the final result was written)."""
         from ..utils.io import remove_files_and_folder
 
-        names = [entry["file"] for entry in self.spilled] + [self.STATE_FILE, self.STATE_META]
-        remove_files_and_folder(self.spill_dir, names)
+        remove_files_and_folder(self.spill_dir, self.gradients.file_names() + [self.STATE_FILE, self.STATE_META])
 
 
 def save_validation_gradients(spill_dir: Path, key: dict, v: list[torch.Tensor]) -> None:

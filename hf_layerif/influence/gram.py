@@ -1,7 +1,8 @@
 """Chunked accumulation of the Gram statistics a = G v and K = G Gᵀ, with bounded memory and resume.
 
 Per-sample gradients arrive one batch ("chunk") at a time, as one [c, d_l] matrix per block; ``a`` is formed at
-once. Chunks stay on the compute device in a *window* of at most ``memory_budget_bytes``. When a window closes
+once. Chunks stay on the compute device in the in-memory *window* of a
+:class:`~hf_layerif.influence.gradient_store.GradientStore`, of at most ``memory_budget_bytes``. When a window closes
 (it is full, a checkpoint is saved, or the pass ends) its K blocks are formed with large products: one GEMM per
 group for the window with itself and one per older window, read back from ``spill_dir`` once per new window (disk
 traffic O(n² / window)); then the window is written there. With ``spill_dir=None`` everything must fit the budget
@@ -14,11 +15,10 @@ and K is one G Gᵀ product per group. Used by the estimators that need K (``exa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..utils.io import read_safetensors, write_safetensors
 from ..utils.logging import get_logger
 from .checkpoint import ResumableAccumulator
 
@@ -57,16 +57,6 @@ class GroupLayout:
         return [b[-1] for b in self.bounds]
 
 
-@dataclass
-class _Window:
-    starts: list[int] = field(default_factory=list)
-    chunks: list[list[torch.Tensor]] = field(default_factory=list)  # chunks[k][l]: [c_k, d_l]
-    nbytes: int = 0
-
-    def rows(self) -> int:
-        return sum(chunk[0].shape[0] for chunk in self.chunks)
-
-
 class GramAccumulator(ResumableAccumulator):
     """Accumulates a = G v and K = G Gᵀ per group over chunks of per-sample gradients.
 
@@ -92,14 +82,13 @@ class GramAccumulator(ResumableAccumulator):
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
                  store_dtype: torch.dtype | None = None, shard: tuple[int, int] = (0, 1)):
         self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
-                         store_dtype)
+                         store_dtype, over_budget_hint="Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
+                         "gradient_dtype='bfloat16', or use projection_dim= with target='full'.")
         self.rank, self.world = shard
         G = layout.num_groups
         self.a = torch.zeros(G, num_samples, dtype=compute_dtype)
         self.K = torch.zeros(G, num_samples, num_samples, dtype=compute_dtype)
         self.rows_done = 0
-        self.spilled: list[dict] = []  # {"file": name, "start": int, "rows": int}
-        self.window = _Window()
         self._group_offsets = []
         offset = 0
         for bounds in layout.bounds:
@@ -132,21 +121,18 @@ class GramAccumulator(ResumableAccumulator):
                 if not same:
                     self.K[g, c0:c0 + block.shape[1], r0:r0 + block.shape[0]] = block.T
 
-    def _merged_window(self) -> list[torch.Tensor]:
-        if len(self.window.chunks) == 1:
-            return self.window.chunks[0]
-        return [torch.cat([chunk[l] for chunk in self.window.chunks]) for l in range(len(self.layout.bounds))]
-
-    def _close_window(self) -> list[torch.Tensor]:
-        """Form the products of the in-memory window with itself and with every spilled window; return it merged."""
-        merged = self._merged_window()
-        start = self.window.starts[0]
+    def _close_window(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Form the products of the in-memory window with itself and with every spilled window; return it merged
+        (sample indices [rows], [rows, d_l] per block)."""
+        window = self.gradients.window()
+        merged = window[1]
+        start = int(window[0][0])  # rows arrive in dataset order: a window is a contiguous range
         self._products(merged, merged, start, start)
-        for entry in self.spilled:
-            older = self._load_window(entry, merged[0].device)
+        for entry in self.gradients.spilled:
+            _, older = self.gradients.read(entry, merged[0].device)
             self._products(merged, older, start, entry["start"])
             del older
-        return merged
+        return window
 
     # --- public ---------------------------------------------------------------------------------------
     def add(self, grads: list[torch.Tensor]) -> None:
@@ -156,51 +142,33 @@ class GramAccumulator(ResumableAccumulator):
         if self.rows_done + c > self.n:
             raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
         start = self.rows_done
-        stored = [g.detach().to(self.store_dtype) for g in grads]
+        stored = self.gradients.append(grads, torch.arange(start, start + c))
         for l, bounds in enumerate(self.layout.bounds):
             block = stored[l].to(self.compute_dtype)
             v = self.v[l].to(block.device, self.compute_dtype)
             for j in range(len(bounds) - 1):
                 lo, hi = bounds[j], bounds[j + 1]
                 self.a[self._group_offsets[l] + j, start:start + c] = (block[:, lo:hi] @ v[lo:hi]).to("cpu")
-        self.window.starts.append(start)
-        self.window.chunks.append(stored)
-        self.window.nbytes += sum(t.numel() * t.element_size() for t in stored)
         self.rows_done += c
-        if self.window.nbytes >= self.budget and self.rows_done < self.n:
-            if self.spill_dir is None:
-                raise MemoryError(
-                    f"Per-sample gradients exceed gradient_memory_gb ({self.budget / 2**30:.2f} GB) and no folder "
-                    "to spill them to was given. Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
-                    "gradient_dtype='bfloat16', or use projection_dim= with target='full'."
-                )
+        if self.rows_done < self.n and self.gradients.full():
             self.flush()
 
     def flush(self) -> None:
         """Close the in-memory window (its products with itself and every older window) and write it to
         ``spill_dir``."""
-        if not self.window.chunks:
+        if self.gradients.empty:
             return
-        if self.spill_dir is None:
+        if self.gradients.spill_dir is None:
             raise RuntimeError("flush() needs a spill_dir")
-        start = self.window.starts[0]
-        merged = self._close_window()
-        name = f"gradients_{start:09d}.safetensors"
-        write_safetensors(self.spill_dir / name, {f"block_{l}": t for l, t in enumerate(merged)})
-        self.spilled.append({"file": name, "start": start, "rows": merged[0].shape[0]})
-        self.window = _Window()
-
-    def _load_window(self, entry: dict, device) -> list[torch.Tensor]:
-        tensors = read_safetensors(self.spill_dir / entry["file"], device=device)
-        return [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
+        self.gradients.spill(self._close_window())
 
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Close the last window; return (a, K)."""
         if self.rows_done != self.n:
             raise ValueError(f"only {self.rows_done} of {self.n} samples were added")
-        if self.window.chunks:
+        if not self.gradients.empty:
             self._close_window()
-            self.window = _Window()
+            self.gradients.clear_window()
         return self.a, self.K
 
     # --- checkpointing --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ This equals :class:`~hf_layerif.influence.estimators.DataInfEstimator` on (a, K)
 (K c = G Gᵀ c = G w), at O(n·d) instead of O(n²·d) time and with no n² memory.
 
 :class:`StreamingStatistics` keeps a and the norms on the compute device while gradients arrive batch by batch,
-and keeps the gradients themselves (DataInf only) in memory up to a budget, spilling windows to disk beyond it,
+and keeps the gradients themselves (DataInf only) in a :class:`~hf_layerif.influence.gradient_store.GradientStore`
+(in memory up to a budget, spilled to disk beyond it),
 so that the two later reads need no gradient recomputation. Memory: a and norms (groups × n values), one window
 of gradients (≤ ``memory_budget_bytes``), and w (Σ d values).
 """
@@ -24,7 +25,6 @@ from collections.abc import Callable
 
 import torch
 
-from ..utils.io import read_safetensors, write_safetensors
 from .checkpoint import ResumableAccumulator
 from .estimators import damping_from_gram
 from .gram import GroupLayout
@@ -55,18 +55,14 @@ class StreamingStatistics(ResumableAccumulator):
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
                  store_dtype: torch.dtype | None = None, keep_gradients: bool = True):
         self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
-                         store_dtype)
+                         store_dtype, over_budget_hint="Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
+                         "gradient_dtype='bfloat16', or estimator='tracin' (which stores none).")
         self.keep_gradients = keep_gradients
         device = validation_gradients[0].device
         groups = layout.num_groups
         self.a = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
         self.norms = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
         self.rows_done = 0
-        self.window: list[list[torch.Tensor]] = []  # chunks of the in-memory window, [c, d_l] per block
-        self.window_indices: list[torch.Tensor] = []  # the chunks' sample indices in the dataset, [c] each
-        self.window_start = 0
-        self.window_bytes = 0
-        self.spilled: list[dict] = []  # {"file", "start", "rows"}
         # a multi-process run sums w and G w over the processes, each holding only its own samples' gradients
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -112,40 +108,9 @@ class StreamingStatistics(ResumableAccumulator):
         """Keep gradient rows (one [c, d_l] tensor per block) of the samples ``indices`` [c] for the later reads."""
         if not self.keep_gradients or grads[0].shape[0] == 0:
             return
-        stored = [g.detach().to(self.store_dtype) for g in grads]
-        if not self.window:
-            self.window_start = self.rows_done
-        self.window.append(stored)
-        self.window_indices.append(indices.to(self.a.device, torch.long))
-        self.window_bytes += sum(t.numel() * t.element_size() for t in stored)
-        if self.window_bytes >= self.budget and self.rows_done < self.n:
-            if self.spill_dir is None:
-                raise MemoryError(
-                    f"Per-sample gradients exceed gradient_memory_gb ({self.budget / 2**30:.2f} GB) and no folder to "
-                    "spill them to was given. Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
-                    "gradient_dtype='bfloat16', or estimator='tracin' (which stores none)."
-                )
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the in-memory window to ``spill_dir`` as one safetensors file."""
-        if not self.window:
-            return
-        merged = [torch.cat([chunk[l] for chunk in self.window]) for l in range(len(self.layout.bounds))]
-        indices = torch.cat(self.window_indices)
-        name = f"gradients_{self.window_start:09d}.safetensors"
-        write_safetensors(self.spill_dir / name, {"indices": indices, **{f"block_{l}": t for l, t in enumerate(merged)}})
-        self.spilled.append({"file": name, "start": self.window_start, "rows": merged[0].shape[0]})
-        self.window, self.window_indices, self.window_bytes = [], [], 0
-
-    # --- later reads ----------------------------------------------------------------------------------
-    def _windows(self, device):
-        """(sample indices [rows], [rows, d_l] per block) for every stored piece: each spilled window (read from
-        disk), then each chunk of the in-memory window (no copy)."""
-        for entry in self.spilled:
-            tensors = read_safetensors(self.spill_dir / entry["file"], device=str(device))
-            yield tensors["indices"], [tensors[f"block_{l}"] for l in range(len(self.layout.bounds))]
-        yield from zip(self.window_indices, self.window)
+        self.gradients.append(grads, indices)
+        if self.rows_done < self.n and self.gradients.full():
+            self.gradients.spill()
 
     def damping(self, args) -> torch.Tensor:
         """λ per group by DataInf's rule (or the absolute value), float64 [groups], on the CPU."""
@@ -161,14 +126,14 @@ class StreamingStatistics(ResumableAccumulator):
         c = (a / (lam + self.norms.to(torch.float64))).to(self.compute_dtype)
         # products in the compute dtype (no float64 copy of the gradients), sums over pieces in float64
         w = [torch.zeros(hi - lo, dtype=torch.float64, device=device) for _, _, lo, hi in self._group_columns()]
-        for indices, blocks in self._windows(device):
+        for indices, blocks in self.gradients.pieces(device):
             for g, l, lo, hi in self._group_columns():
                 w[g] += (c[g, indices] @ blocks[l][:, lo:hi].to(self.compute_dtype)).to(torch.float64)
         if self.reduce is not None:  # each process summed over its own samples
             w = list(torch.split(self.reduce(torch.cat(w)), [x.numel() for x in w]))
         w = [x.to(self.compute_dtype) for x in w]
         Gw = torch.zeros_like(a)
-        for indices, blocks in self._windows(device):
+        for indices, blocks in self.gradients.pieces(device):
             for g, l, lo, hi in self._group_columns():
                 Gw[g, indices] = (blocks[l][:, lo:hi].to(self.compute_dtype) @ w[g]).to(torch.float64)
         if self.reduce is not None:  # every sample's row was formed by exactly one process
@@ -178,4 +143,4 @@ class StreamingStatistics(ResumableAccumulator):
     # --- checkpointing --------------------------------------------------------------------------------
     def close_for_save(self) -> None:
         if self.keep_gradients:
-            self.flush()
+            self.gradients.spill()

@@ -61,26 +61,6 @@ def normalize_permissions(folder: str | os.PathLike) -> None:
             os.chmod(path, mode)
 
 
-def save_accumulator_state(folder: Path, tensors: dict[str, torch.Tensor], state_file: str, meta_file: str,
-                           rows_done: int, num_samples: int, spilled: list[dict], fingerprint: dict) -> None:
-    """Save an accumulator's tensors and progress (atomically) so that a run with the same ``fingerprint`` resumes."""
-    write_safetensors(folder / state_file, tensors)
-    write_json(folder / meta_file, {"rows_done": rows_done, "num_samples": num_samples, "spilled": spilled,
-                                    "fingerprint": fingerprint})
-
-
-def load_accumulator_state(folder: Path | None, state_file: str, meta_file: str, fingerprint: dict, num_samples: int,
-                           device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict] | None:
-    """(tensors, progress) saved by :func:`save_accumulator_state`, or ``None`` when there is none or it was made
-    with another fingerprint or sample count."""
-    if folder is None or not (folder / meta_file).exists():
-        return None
-    meta = read_json(folder / meta_file)
-    if meta.get("fingerprint") != fingerprint or meta.get("num_samples") != num_samples:
-        return None
-    return read_safetensors(folder / state_file, device=device), meta
-
-
 def is_local_path(name: str) -> bool:
     """Whether ``name`` (a model id, a data source) is a path on this machine rather than a Hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
