@@ -96,3 +96,50 @@ def test_missing_card_variable_is_an_error():
 
     with pytest.raises(ValueError, match="needs a value"):
         render_card("allocation", ModelCardData(library_name="hf-layerif"), repo_id="a/b")
+
+
+def test_a_new_artifact_is_one_class_and_a_registration(tmp_path, monkeypatch):
+    """write_hub_folder stages and renders through the artifact protocol alone: an artifact defined here (a JSON
+    note beside a sparsity allocation) gets its files, its card and its commit suffix with no change to the hub."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from hf_layerif.allocation import Allocation
+    from hf_layerif.hub import artifacts, render_card, write_hub_folder
+    from hf_layerif.utils.io import write_json
+
+    class NoteArtifact(artifacts.HubArtifact):
+        kind = "note"
+        allocation_kind = "sparsity"
+        files = ("note.json",)
+        commit_suffix = " and a note"
+
+        @classmethod
+        def matches(cls, model):
+            return isinstance(model, dict) and "note" in model
+
+        def stage(self, local):
+            write_json(local / "note.json", self.model)
+            self.info = {"note": self.model["note"]}
+
+        def card(self, allocation, metadata, common, model_name, eval_entries, eval_rows):
+            card_data = ModelCardData(**metadata, library_name="hf-layerif", tags=["layerif", "note"])
+            return render_card("allocation", card_data, kind_title="Note", method=allocation.method,
+                               hyperparameters_text=self.info["note"], value_header="sparsity", summary="",
+                               usage="", architecture=None, num_blocks=allocation.num_blocks, revision=None,
+                               scores_text="-", created=allocation.created, **common)
+
+    monkeypatch.setattr(artifacts, "ARTIFACTS", (*artifacts.ARTIFACTS, NoteArtifact))
+    monkeypatch.setattr("hf_layerif.hub.push.ARTIFACTS", artifacts.ARTIFACTS)
+    from conftest import tiny_llama
+
+    model = tiny_llama(layers=2)
+    sparsity = Allocation.from_values([0.4, 0.6], "sparsity", model)
+    folder, kind = write_hub_folder(sparsity, tmp_path / "staged", model={"note": "kept 2 blocks"})
+    assert kind == "note" and (folder / "note.json").exists() and (folder / "layerif_allocation.json").exists()
+    card = ModelCard((folder / "README.md").read_text())
+    assert "kept 2 blocks" in card.text and "note" in card.data.to_dict()["tags"]
+    experts = Allocation.from_values([2, 4], "experts", model)
+    with pytest.raises(ValueError, match="goes with a sparsity allocation"):
+        write_hub_folder(experts, tmp_path / "other", model={"note": "x"})
+    with pytest.raises(ValueError, match="already holds a staged note"):  # a folder never mixes two artifacts
+        write_hub_folder(sparsity, folder)

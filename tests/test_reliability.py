@@ -420,9 +420,9 @@ def test_card_datasets_come_from_the_scored_data_and_the_calibration(tmp_path):
     allocation = sparsity_allocation(scores, 0.5)
     card = ModelCard((write_hub_folder(allocation, tmp_path / "a")[0] / "README.md").read_text())
     assert card.data.to_dict()["datasets"] == ["org/train-set"]
-    assert _datasets(allocation, {"calibration_source": "c4"}) == ["org/train-set", "allenai/c4"]
-    assert _datasets(allocation, {"calibration_source": "data/c4.jsonl"}) == ["org/train-set"]  # a local file
-    assert _datasets(allocation, {"calibration_source": "token ids given to prune()"}) == ["org/train-set"]
+    assert _datasets(allocation, "c4") == ["org/train-set", "allenai/c4"]
+    assert _datasets(allocation, "data/c4.jsonl") == ["org/train-set"]  # a local file
+    assert _datasets(allocation, "token ids given to prune()") == ["org/train-set"]
 
 
 def test_package_logging_follows_transformers_verbosity(capsys):
