@@ -82,7 +82,7 @@ def test_sparse_dispatch_equals_dense_reference_and_gradients_flow(name):
         if E == 1:
             assert grad_b.abs().sum() > 0
             continue
-        used = m.router_state["default"]["counts"] > 0
+        used = m.router_state["default"].counts > 0
         assert bool((grad_b.flatten(1).abs().sum(1)[used] > 0).all()), "every expert that got tokens gets gradient"
         assert m.layerif_router["default"].weight.grad.abs().sum() > 0
 
@@ -258,10 +258,10 @@ def test_routing_statistics_skip_padding_tokens():
     mask[1, 3:] = 0  # three padding tokens in the second row
     model(input_ids=ids, attention_mask=mask, labels=ids)
     layer = next(m for m in model.modules() if isinstance(m, MoELinear) and m.num_experts["default"] > 1)
-    counts = layer.router_state["default"]["counts"]
+    counts = layer.router_state["default"].counts
     assert int(counts.sum()) == (12 - 3) * layer.top_k["default"]
     model(input_ids=ids, labels=ids)  # no mask: every token counts
-    assert int(layer.router_state["default"]["counts"].sum()) == 12 * layer.top_k["default"]
+    assert int(layer.router_state["default"].counts.sum()) == 12 * layer.top_k["default"]
 
 
 def test_import_is_light_and_registers_when_peft_is_imported_later():

@@ -177,3 +177,26 @@ def test_unload_removes_the_tuner_hooks_so_the_base_trains_a_new_adapter():
     loss = second(input_ids=ids, labels=ids).loss
     loss.backward()
     assert all(p.grad is not None for n, p in second.named_parameters() if "layerif_A" in n)
+
+
+@pytest.mark.parametrize("task_type", ["CAUSAL_LM", None])
+def test_the_router_loss_is_an_output_field_beside_the_task_loss(task_type):
+    """Training with labels: loss = task loss + router loss, with the router part in ``outputs.router_loss``. A
+    task-typed PeftModel gets it from the tuner's forward (no hook on the wrapped model); one without a task type
+    calls the transformers model past the tuner and gets the same through the fallback hook."""
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(layers=2), LayerIFConfig(experts_per_layer=[3, 4], r=4, lora_dropout=0.0,
+                                                              router_aux_loss_coef=0.5, task_type=task_type))
+    tuner = model.base_model
+    assert (tuner._router_loss_hook is None) == (task_type is not None)
+    ids = torch.randint(3, 50, (2, 8))
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    tuner.add_router_loss = False
+    task = model(input_ids=ids, labels=ids)
+    tuner.add_router_loss = True
+    assert "router_loss" not in task and out.router_loss > 0
+    torch.testing.assert_close(out.loss, task.loss + out.router_loss)
+    torch.testing.assert_close(out.router_loss, tuner.router_loss())
+    model.eval()
+    assert "router_loss" not in model(input_ids=ids, labels=ids)  # evaluation reports the task loss alone

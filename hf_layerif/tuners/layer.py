@@ -34,6 +34,22 @@ logger = get_logger(__name__)
 
 
 @dataclass
+class RoutingState:
+    """One adapter's routing in one module at its last routed forward; tensors on the layer's device, never
+    synchronised with the host.
+
+    Attributes:
+        aux: load-balancing loss (scalar, with gradient).
+        z: router z-loss (scalar, with gradient), or None when disabled.
+        counts: [E] weighted (token, slot) assignments per expert (real tokens only), detached.
+    """
+
+    aux: torch.Tensor
+    z: torch.Tensor | None
+    counts: torch.Tensor
+
+
+@dataclass
 class TokenContext:
     """State of the current model call shared by a :class:`~hf_layerif.tuners.model.LayerIFModel` and all its
     LayerIF layers: the attention mask [batch, seq] (1 real token, 0 padding), or None when the call gave none."""
@@ -62,10 +78,10 @@ class LayerIFLayer(BaseTunerLayer):
         self.router_z_loss: dict[str, bool] = {}
         # the model's TokenContext (set by LayerIFModel when it injects or adopts the layer)
         self.token_context: TokenContext | None = None
-        # per adapter, from the last routed forward: "aux" (load-balancing loss, scalar), "z" (router z-loss,
-        # scalar, None when disabled), "counts" [E] (weighted (token, slot) assignments per expert); tensors on
-        # the layer's device, never synchronised with the host
-        self.router_state: dict[str, dict[str, torch.Tensor]] = {}
+        # per adapter: the routing of the last routed forward, and the expert load [E] summed over the training
+        # steps since the load was last taken (:meth:`record_load`, :meth:`take_load`)
+        self.router_state: dict[str, RoutingState] = {}
+        self.router_load: dict[str, torch.Tensor] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
         if not (hasattr(base, "in_features") and hasattr(base, "out_features")):
@@ -120,6 +136,16 @@ class LayerIFLayer(BaseTunerLayer):
         return None
 
     # --- routing ------------------------------------------------------------------------------------------
+    def record_load(self) -> None:
+        """Add the last forward's expert counts to the load summed since it was last taken (a training step)."""
+        for adapter, state in self.router_state.items():
+            previous = self.router_load.get(adapter)
+            self.router_load[adapter] = state.counts.float() if previous is None else previous + state.counts.float()
+
+    def take_load(self, adapter: str) -> torch.Tensor | None:
+        """The expert load [E] summed since the last call (None when no training step was recorded), reset."""
+        return self.router_load.pop(adapter, None)
+
     def route(self, adapter_name: str, x_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(top-k expert indices [N, k], renormalised gates [N, k] float32, probabilities [N, E], logits [N, E])."""
         router = self.layerif_router[adapter_name]
@@ -245,8 +271,8 @@ class Linear(nn.Module, LayerIFLayer):
                 if self.router_z_loss[adapter]:
                     lse2 = torch.logsumexp(logits, dim=-1).pow(2)
                     z = lse2.mean() if weights is None else (lse2 * weights).sum() / weights.sum().clamp_min(1.0)
-                self.router_state[adapter] = {"aux": self.load_balancing_loss(top_i, probs, E, counts, weights),
-                                              "z": z, "counts": counts.detach()}
+                self.router_state[adapter] = RoutingState(self.load_balancing_loss(top_i, probs, E, counts, weights), z,
+                                                          counts.detach())
             delta = delta * self.scaling[adapter]
             result = result + delta.reshape(*x.shape[:-1], self.out_features).to(result_dtype)
         return result

@@ -27,7 +27,11 @@ class LayerIFModel(BaseTuner):
     module inside Transformer block l, else ``num_experts``.
 
     Training: in train mode, when the model's forward receives ``labels`` and returns a loss, the router losses
-    (:meth:`router_loss`) are added to it. With gradient accumulation and a Trainer that passes
+    (:meth:`router_loss`) are added to it, and the output carries them apart as ``router_loss`` (a scalar tensor)
+    beside ``loss`` (task + router), as transformers' MoE models carry ``aux_loss``. The path is explicit: the
+    task-typed PEFT models (``task_type="CAUSAL_LM"`` etc.) call this tuner's :meth:`forward`, which adds it; a
+    PEFT model without a task type calls the transformers model directly, past the tuner, so for that one only the
+    same step runs as a forward hook on the wrapped model. With gradient accumulation and a Trainer that passes
     ``num_items_in_batch`` (the task loss is then already normalised over the accumulated micro-batches), the
     router loss is divided by the number of accumulation steps set with :meth:`set_gradient_accumulation_steps`
     — :class:`hf_layerif.tuners.LayerIFRouterCallback` and :class:`hf_layerif.LayerInfluenceTrainer` do that.
@@ -47,8 +51,11 @@ class LayerIFModel(BaseTuner):
         # the attention mask of each call, shared with the layers so routing statistics skip padding tokens
         self.token_context = TokenContext()
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
-        # a hook on the wrapped model, so the router loss is added however the PeftModel class calls it
-        self._router_loss_hook = self.model.register_forward_hook(self._add_router_loss, with_kwargs=True)
+        self._router_loss_hook = None
+        if self.peft_config[adapter_name].task_type is None:
+            # PeftModel (no task type) calls the transformers model past this tuner's forward: only there does the
+            # router loss need a hook on the wrapped model
+            self._router_loss_hook = self.model.register_forward_hook(self._router_loss_hook_fn, with_kwargs=True)
         self._mask_hook = self.model.register_forward_pre_hook(self._remember_mask, with_kwargs=True)
         self._share_token_context()
 
@@ -173,9 +180,9 @@ class LayerIFModel(BaseTuner):
         for _, module in self.moe_layers():
             state = module.router_state.get(adapter)
             if state is not None:
-                aux.append(state["aux"])
-                if state["z"] is not None:
-                    z.append(state["z"])
+                aux.append(state.aux)
+                if state.z is not None:
+                    z.append(state.z)
         if not aux:
             return torch.zeros(())
         loss = config.router_aux_loss_coef * torch.stack(aux).mean()
@@ -197,9 +204,9 @@ class LayerIFModel(BaseTuner):
             state = module.router_state.get(adapter)
             if state is None:
                 continue
-            counts = module.__dict__.setdefault("_load_since_log", {}).pop(adapter, None)
-            loads.append(state["counts"].float() if counts is None else counts)
-            aux.append(state["aux"].detach().float().reshape(()))
+            load = module.take_load(adapter)
+            loads.append(state.counts.float() if load is None else load)
+            aux.append(state.aux.detach().float().reshape(()))
             names.append(name.replace("base_model.model.", ""))
         if not names:
             return {}
@@ -241,9 +248,20 @@ class LayerIFModel(BaseTuner):
                     )
                 return
 
-    def _add_router_loss(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], outputs):
-        """Forward hook on the wrapped transformers model (runs whichever PeftModel class called it)."""
-        if not (module.training and self.add_router_loss and kwargs.get("labels") is not None):
+    def forward(self, *args: Any, **kwargs: Any):
+        """The wrapped model's forward; in training with ``labels``, its output's ``loss`` includes the router loss
+        and ``router_loss`` holds that part (see the class docstring)."""
+        outputs = self.model(*args, **kwargs)
+        return self._with_router_loss(outputs, kwargs)
+
+    def _router_loss_hook_fn(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], outputs):
+        """Forward hook on the wrapped model, for a PeftModel without task type (it bypasses :meth:`forward`)."""
+        return self._with_router_loss(outputs, kwargs)
+
+    def _with_router_loss(self, outputs, kwargs: dict[str, Any]):
+        """``outputs`` with ``loss`` = task loss + router loss and ``router_loss`` set, when the model trains on
+        ``labels`` and has routed modules; unchanged otherwise. Records each routed module's expert load."""
+        if not (self.model.training and self.add_router_loss and kwargs.get("labels") is not None):
             return outputs
         loss = getattr(outputs, "loss", None)
         layers = self.moe_layers()
@@ -264,8 +282,7 @@ class LayerIFModel(BaseTuner):
             else:
                 router = router / self.gradient_accumulation_steps
         for _, layer in layers:
-            for adapter, state in layer.router_state.items():
-                store = layer.__dict__.setdefault("_load_since_log", {})
-                store[adapter] = store.get(adapter, 0) + state["counts"].float()
-        outputs.loss = loss + router
+            layer.record_load()
+        outputs["loss"] = loss + router
+        outputs["router_loss"] = router
         return outputs
