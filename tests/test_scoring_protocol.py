@@ -196,3 +196,29 @@ def test_every_finished_draw_is_checkpointed_and_reused(tmp_path, monkeypatch):
     assert len(runs) == 2 and len(fits) == 1  # draw 0 resumed from its checkpoint, draw 1 loaded, draw 2 computed
     torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-5, atol=1e-8)
     assert not (tmp_path / "influence_checkpoint").exists()  # removed once the scores are saved
+
+
+def test_scores_are_values_and_other_reporting_gives_a_new_object_with_its_own_stability(tmp_path):
+    import dataclasses
+
+    from hf_layerif.influence.scores import LayerInfluenceScores
+
+    gen = torch.Generator().manual_seed(5)
+    draw_influence = torch.randn(3, 4, 12, generator=gen, dtype=torch.float64)
+    influence = draw_influence.mean(0)
+    scores = LayerInfluenceScores(influence, [f"b{i}" for i in range(4)], torch.ones(4), [0, 1, 2, 3],
+                                  {"aggregation": "positive", "bootstrap_samples": 20, "fraction": 0.25},
+                                  {"name": "datainf"}, draw_influence=draw_influence,
+                                  repeat_block_scores=torch.stack([(-d).clamp_min(0).sum(1) for d in draw_influence]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scores.arguments = {}
+    before = scores.stability()
+    harmful = scores.with_reporting(aggregation="harmful")
+    assert harmful is not scores and scores.arguments["aggregation"] == "positive"
+    assert scores.stability() is before and harmful.stability()["aggregation"] == "harmful"
+    want = torch.stack([draw.clamp_min(0).sum(1) for draw in draw_influence])  # each draw's own harmful scores
+    torch.testing.assert_close(harmful.repeat_block_scores.double(), want, rtol=1e-6, atol=1e-9)
+    scores.save_pretrained(tmp_path)
+    loaded = LayerInfluenceScores.from_pretrained(tmp_path)
+    assert loaded.block_scores().tolist() == pytest.approx(scores.block_scores().tolist())
+    assert loaded.stability()["aggregation"] == "positive"

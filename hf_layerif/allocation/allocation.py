@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..influence.scores import SIGN_CONVENTION
+from ..influence.score_files import SIGN_CONVENTION
 from ..models.blocks import base_linears, find_transformer_blocks
 from ..utils.fingerprint import fingerprint_parameters
 from ..utils.io import display_name, is_local_path, portable_source, read_versioned_json, save_figure
 from ..utils.pretrained import JsonPretrainedMixin
 from ..version import __version__
-from .experts import ALPHALORA_EXPONENT, allocate_experts
+from .experts import allocate_experts
 from .methods import allocation_method
 from .owl import OWL_LAMBDA, OWL_M
 from .sparsity import MAX_RATIO, allocate_sparsity
@@ -268,9 +268,7 @@ def expert_allocation(scores=None, total_experts: int | None = None, *, model: n
     chosen = allocation_method("experts", method)
     used, provenance = _scores_and_provenance({"scores": scores, "alpha_hill": alpha_hill}.get(chosen.source))
     hyper = {"total_experts": int(sum(values)), "requested_total_experts": total_experts,
-             **chosen.resolve_options({"alpha": alpha, "reverse": reverse})}
-    if method == "alphalora":
-        hyper["exponent"] = ALPHALORA_EXPONENT
+             **chosen.resolve_options({"alpha": alpha, "reverse": reverse}), **chosen.recorded_settings({})}
     if "reverse" in hyper:
         hyper["direction"] = "reversed" if hyper.pop("reverse") else "more experts for larger scores"
     return Allocation("experts", [int(v) for v in values], method, hyper, description, used, provenance)
@@ -296,11 +294,10 @@ def sparsity_allocation(scores=None, target_sparsity: float = 0.5, *, model: nn.
     # the options this method used, nothing else (OWL records no epsilon; uniform records only the target)
     hyper = {"target_sparsity": target_sparsity, "mapping": "block-wise",
              **chosen.resolve_options({"epsilon": epsilon, "smooth": smooth, "reverse": reverse,
-                                       "owl_lambda": owl_lambda})}
+                                       "owl_lambda": owl_lambda}),
+             **chosen.recorded_settings({"owl_m": owl_m})}
     if "reverse" in hyper:
         hyper["direction"] = "reversed" if hyper.pop("reverse") else "more sparsity for larger scores"
-    if method == "owl":
-        hyper["owl_m"] = owl_m  # M: the threshold the outlier ratios were computed with
     return Allocation("sparsity", values, method, hyper, description, used, provenance, achieved_sparsity=achieved)
 
 

@@ -77,6 +77,7 @@ def uniform_experts(values: None, total_experts: int, num_blocks: int) -> list[i
 
 
 @register_allocation_method("experts", "alphalora", source="alpha_hill", options={"reverse": False},
+                            constants={"exponent": ALPHALORA_EXPONENT},
                             description="AlphaLoRA: block-mean PL_Alpha_Hill^2.5 by largest remainder")
 def alphalora_experts(values: np.ndarray, total_experts: int, num_blocks: int, *, reverse: bool) -> list[int]:
     return largest_remainder_allocation(mirror(values) if reverse else values, total_experts, ALPHALORA_EXPONENT)

@@ -35,6 +35,10 @@ class AllocationMethod:
         options: its keyword options and their defaults.
         description: one line for ``--help`` and errors.
         fixed_total: an expert method whose total is set by the method itself (MoLA patterns).
+        input_options: settings its per-block input is computed with (e.g. OWL's outlier threshold M) and their
+            defaults; recorded in the allocation's hyperparameters, not passed to ``function``.
+        constants: fixed values the method uses (e.g. AlphaLoRA's exponent), recorded in the allocation's
+            hyperparameters.
     """
 
     name: str
@@ -44,10 +48,18 @@ class AllocationMethod:
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     fixed_total: bool = False
+    input_options: dict[str, Any] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """The method's options: its defaults, overridden by the values in ``given`` that are not None."""
         return {key: given[key] if given.get(key) is not None else default for key, default in self.options.items()}
+
+    def recorded_settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        """What an allocation made with this method records beside its options: its input's settings (defaults
+        overridden by ``given``) and its constants."""
+        inputs = {key: given[key] if given.get(key) is not None else default for key, default in self.input_options.items()}
+        return {**inputs, **self.constants}
 
 
 ALLOCATION_METHODS: dict[str, dict[str, AllocationMethod]] = {kind: {} for kind in KINDS}
@@ -57,7 +69,8 @@ NAME_FAMILIES: dict[str, list[tuple[Callable[[str], AllocationMethod | None], st
 
 
 def register_allocation_method(kind: str, name: str, *, source: str | None = None, options: dict[str, Any] | None = None,
-                               description: str = "", fixed_total: bool = False):
+                               description: str = "", fixed_total: bool = False,
+                               input_options: dict[str, Any] | None = None, constants: dict[str, Any] | None = None):
     """Decorator registering ``function`` as allocation method ``name`` of ``kind`` (replacing one of that name)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
@@ -66,7 +79,8 @@ def register_allocation_method(kind: str, name: str, *, source: str | None = Non
 
     def register(function: Callable[..., list]) -> Callable[..., list]:
         ALLOCATION_METHODS[kind][name] = AllocationMethod(name, kind, function, source, dict(options or {}),
-                                                          description, fixed_total)
+                                                          description, fixed_total, dict(input_options or {}),
+                                                          dict(constants or {}))
         return function
 
     return register

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..utils.logging import get_logger
 from .methods import allocation_method, register_allocation_method
-from .owl import OWL_LAMBDA
+from .owl import OWL_LAMBDA, OWL_M
 from .score_vectors import as_score_vector, source_values
 
 logger = get_logger(__name__)
@@ -96,6 +96,7 @@ def alphapruning_sparsity(values: np.ndarray, target_sparsity: float, params_per
 
 
 @register_allocation_method("sparsity", "owl", source="outlier_ratios", options={"owl_lambda": OWL_LAMBDA},
+                            input_options={"owl_m": OWL_M},
                             description="OWL: 1 - LOD spread over [S-λ, S+λ] (outlier-weighted)")
 def owl_sparsity(values: np.ndarray, target_sparsity: float, params_per_block: np.ndarray, *,
                  owl_lambda: float) -> list[float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from ..influence.scores import SIGN_CONVENTION
+from ..influence.score_files import SIGN_CONVENTION
 
 TEMPLATES = {"allocation": "allocation.md.j2", "pruned": "pruned.md.j2", "lora_moe": "lora_moe.md.j2"}
 CITATION = """@article{askari2025layerif,

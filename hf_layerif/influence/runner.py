@@ -25,7 +25,8 @@ from .engine import InfluenceEngine
 from .fitting import lora_is_fresh
 from .protocol import score_with_protocol
 from .provenance import json_safe, library_versions, model_provenance
-from .scores import SCORES_JSON, LayerInfluenceScores
+from .score_files import SCORES_JSON
+from .scores import LayerInfluenceScores
 
 logger = get_logger(__name__)
 

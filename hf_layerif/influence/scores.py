@@ -19,9 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.io import display_name, read_safetensors, read_versioned_json, save_figure, write_json, write_safetensors
 from ..utils.logging import get_logger
-from ..utils.pretrained import resolve_file
+from .score_files import (  # noqa: F401 - SIGN_CONVENTION and the file names are re-exported here
+    INFLUENCE_FILE,
+    SCORES_JSON,
+    SIGN_CONVENTION,
+    read_scores,
+    scores_json,
+    write_scores,
+)
 from .stability import (
     UNSTABLE_SPEARMAN,
     bootstrap_block_scores,
@@ -33,15 +39,6 @@ from .stability import (
 
 logger = get_logger(__name__)
 
-SCORES_FORMAT = "hf-layerif-scores"
-SCORES_FORMAT_VERSION = "1.0"
-SCORES_JSON = "layerif_scores.json"
-INFLUENCE_FILE = "influence.safetensors"
-SIGN_CONVENTION = (
-    "Koh & Liang: influence I_l(z) = -v_l^T H_l^{-1} g_l(z). I < 0: up-weighting training sample z lowers the "
-    "validation loss through block l (beneficial); I > 0: it raises it (detrimental). Block scores are "
-    "non-negative magnitudes: 'positive' = sum of max(-I, 0) (beneficial mass, the default)."
-)
 
 
 Aggregation = Callable[[torch.Tensor, float], torch.Tensor]
@@ -96,9 +93,11 @@ def aggregate_block_scores(influence: torch.Tensor, aggregation: str = "positive
     return AGGREGATIONS[aggregation](influence.to(torch.float64), fraction)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerInfluenceScores:
-    """Result of :func:`hf_layerif.compute_layer_influence`.
+    """Result of :func:`hf_layerif.compute_layer_influence`: a value (frozen; other reporting settings give a new
+    object, :meth:`with_reporting`). Saving and loading live in :mod:`.score_files`, the table and the plot in
+    :mod:`.score_display`, the bootstrap in :mod:`.stability`.
 
     Attributes:
         influence: [num_blocks, num_train] float32 influence matrix (Koh & Liang sign, see module docstring).
@@ -124,12 +123,13 @@ class LayerInfluenceScores:
     train_losses: torch.Tensor | None = None
     repeat_block_scores: torch.Tensor | None = None
     draw_influence: torch.Tensor | None = None
-    _stability: dict | None = field(default=None, repr=False)
+    # the stability of the default reporting settings, computed once (a cache of a pure function of the fields)
+    _stability: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.influence.dim() != 2 or self.influence.shape[0] != len(self.block_names):
             raise ValueError(f"influence must be [num_blocks={len(self.block_names)}, num_train], got {tuple(self.influence.shape)}")
-        self.influence = self.influence.to(torch.float32)
+        object.__setattr__(self, "influence", self.influence.to(torch.float32))
 
     @property
     def num_blocks(self) -> int:
@@ -187,7 +187,7 @@ class LayerInfluenceScores:
             if draws is not None:
                 result["repeats"] = summarize_draws(draws, reference)
         if default:
-            self._stability = result
+            object.__setattr__(self, "_stability", result)
         return result
 
     def with_reporting(self, aggregation: str | None = None, fraction: float | None = None,
@@ -241,126 +241,29 @@ class LayerInfluenceScores:
 
     # --- I/O -----------------------------------------------------------------------------------------
     def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "format": SCORES_FORMAT,
-            "format_version": SCORES_FORMAT_VERSION,
-            "sign_convention": SIGN_CONVENTION,
-            "block_names": list(self.block_names),
-            "num_blocks": self.num_blocks,
-            "num_train": self.num_train,
-            "arguments": self.arguments,
-            "estimator": self.estimator,
-            "damping": self.damping.tolist(),
-            "group_to_block": list(self.group_to_block),
-            "block_scores": {agg: self.block_scores(agg).tolist() for agg in AGGREGATIONS},
-            "stability": self.stability(),
-            "repeat_block_scores": None if self.repeat_block_scores is None else self.repeat_block_scores.tolist(),
-            "provenance": self.provenance,
-        }
+        """The JSON of ``layerif_scores.json`` (:mod:`.score_files`)."""
+        return scores_json(self, AGGREGATIONS)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``influence.safetensors`` (influence, damping, losses) and ``layerif_scores.json``, atomically."""
-        path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {"influence": self.influence.contiguous(), "damping": self.damping.to(torch.float64)}
-        if self.train_losses is not None:
-            tensors["train_losses"] = self.train_losses.to(torch.float32)
-        if self.draw_influence is not None:
-            tensors["draw_influence"] = self.draw_influence.to(torch.float32).contiguous()
-        write_safetensors(path / INFLUENCE_FILE, tensors, metadata={"format": SCORES_FORMAT, "sign_convention": SIGN_CONVENTION})
-        write_json(path / SCORES_JSON, self.to_json_dict())
+        write_scores(self, save_directory, AGGREGATIONS)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, revision: str | None = None) -> LayerInfluenceScores:
         """Load scores saved by :meth:`save_pretrained` from a local folder or a Hub repo (JSON + safetensors only;
         nothing is unpickled)."""
-        meta_file = resolve_file(repo_id_or_path, SCORES_JSON, revision)
-        meta = read_versioned_json(meta_file, SCORES_FORMAT, SCORES_FORMAT_VERSION, "LayerInfluenceScores")
-        tensors = read_safetensors(resolve_file(repo_id_or_path, INFLUENCE_FILE, revision))
-        repeats = meta.get("repeat_block_scores")
-        return cls(
-            influence=tensors["influence"],
-            block_names=list(meta["block_names"]),
-            damping=tensors["damping"],
-            group_to_block=list(meta["group_to_block"]),
-            arguments=meta.get("arguments", {}),
-            estimator=meta.get("estimator", {}),
-            provenance=meta.get("provenance", {}),
-            train_losses=tensors.get("train_losses"),
-            repeat_block_scores=None if repeats is None else torch.tensor(repeats, dtype=torch.float64),
-            draw_influence=tensors.get("draw_influence"),
-            _stability=meta.get("stability"),
-        )
+        return cls(**read_scores(repo_id_or_path, revision))
 
     # --- display -------------------------------------------------------------------------------------
     def summary_table(self, aggregation: str | None = None) -> str:
-        """A plain-text table: block, score, bootstrap mean ± std, rank, damping."""
-        aggregation = aggregation or self.arguments.get("aggregation", "positive")
-        scores = self.block_scores(aggregation).tolist()
-        ranks = {b: r + 1 for r, b in enumerate(self.ranking(aggregation))}
-        boot = self.stability().get("bootstrap") if aggregation == self.arguments.get("aggregation", "positive") else None
-        damping = self.block_damping()
-        width = max(len("block"), *(len(n) for n in self.block_names))
-        lines = [f"{'block':<{width}}  {'score(' + aggregation + ')':>20}  {'bootstrap mean ± std':>26}  {'rank':>4}  {'damping':>10}"]
-        for i, name in enumerate(self.block_names):
-            boot_txt = f"{boot['mean'][i]:.4g} ± {boot['std'][i]:.2g}" if boot else "-"
-            lam = damping[i]
-            lam_txt = f"{lam:.3g}" if isinstance(lam, float) else f"{len(lam)} tensors"
-            lines.append(f"{name:<{width}}  {scores[i]:>20.6g}  {boot_txt:>26}  {ranks[i]:>4}  {lam_txt:>10}")
-        if boot:
-            lines.append(f"ranking stability: Spearman to full ranking {floor_to(boot['spearman_to_full_mean']):.3f} (p05 "
-                         f"{floor_to(boot['spearman_to_full_p05']):.3f}) over {boot['num_samples']} bootstrap resamples"
-                         + ("" if boot["stable"] else "  [UNSTABLE]"))
-        rep = self.stability().get("repeats")
-        if rep:
-            kind = (self.provenance.get("protocol") or {}).get("adapter", "fresh")
-            lines.append(f"agreement across {rep['num_samples']} {'fitted ' if kind == 'fitted' else ''}adapter draws: "
-                         f"pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.3f}, min "
-                         f"{floor_to(rep['pairwise_spearman_min']):.3f}" + ("" if rep["stable"] else "  [UNSTABLE]"))
-        return "\n".join(lines)
+        """A plain-text table: block, score, bootstrap mean ± std, rank, damping (:mod:`.score_display`)."""
+        from .score_display import scores_table
+
+        return scores_table(self, aggregation)
 
     def plot(self, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:
-        """Save a PNG: per-block score bars (bootstrap p05–p95 as error bars) and a block × sample heat map."""
-        import matplotlib
+        """Save a PNG: per-block score bars (bootstrap p05–p95 as error bars) and a block × sample heat map
+        (:mod:`.score_display`)."""
+        from .score_display import plot_scores
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        aggregation = aggregation or self.arguments.get("aggregation", "positive")
-        scores = self.block_scores(aggregation).numpy()
-        boot = self.stability().get("bootstrap")
-        fig, (ax_bar, ax_map) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.4]})
-        x = np.arange(self.num_blocks)
-        yerr = None
-        if boot and aggregation == self.arguments.get("aggregation", "positive"):
-            yerr = np.stack([np.maximum(scores - np.array(boot["p05"]), 0), np.maximum(np.array(boot["p95"]) - scores, 0)])
-        ax_bar.bar(x, scores, yerr=yerr, color="#4C72B0", capsize=2,
-                   label="score" + (" (error bars: bootstrap 5th-95th percentile)" if yerr is not None else ""))
-        rep = self.stability().get("repeats") if aggregation == self.arguments.get("aggregation", "positive") else None
-        if rep and self.repeat_block_scores is not None:
-            draws = self.repeat_block_scores.numpy()
-            for r, row in enumerate(draws):
-                ax_bar.scatter(x, row, s=10, color="#DD8452", zorder=3,
-                               label=(f"each adapter draw (pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.2f}, "
-                                      f"min {floor_to(rep['pairwise_spearman_min']):.2f})") if r == 0 else None)
-        # below the axes: a legend inside would cover bars of some block
-        ax_bar.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-        ax_bar.set_xlabel("block")
-        ax_bar.set_ylabel(f"block score q ({aggregation})")
-        ax_bar.set_title("LayerIF block scores (higher = more task-sensitive)")
-        step = max(1, self.num_blocks // 16)
-        ax_bar.set_xticks(x[::step])
-        values = self.influence.numpy()
-        bound = float(np.percentile(np.abs(values), 99)) or 1.0
-        image = ax_map.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-        ax_map.set_yticks(x[::step])
-        ax_map.set_xlabel("training sample")
-        ax_map.set_ylabel("block")
-        ax_map.set_title("influence I_l(z) (blue < 0: beneficial)")
-        bar = fig.colorbar(image, ax=ax_map, fraction=0.046)
-        bar.set_label("influence I_l(z) (Koh & Liang sign)")
-        model_id = (self.provenance.get("model") or {}).get("model_id") or (self.provenance.get("model") or {}).get("class")
-        model_id = display_name(model_id) if model_id else model_id
-        fig.suptitle(title or f"LayerIF scores of {model_id or 'the model'} ({self.num_train} training samples)")
-        fig.tight_layout()
-        return save_figure(fig, path)
+        return plot_scores(self, path, aggregation, title)
