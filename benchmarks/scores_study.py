@@ -90,12 +90,17 @@ def main() -> None:
     parser.add_argument("--stability_seeds", default="0,1,2,3")
     parser.add_argument("--choices", default=None,
                         help="';'-separated beginnings of the protocol choices to run (default: all)")
+    parser.add_argument("--wanda", action="store_true",
+                        help="prune with Wanda 50%% for every recorded protocol-choice row (LayerIF map, ε 0.3) and "
+                             "for uniform, all in one block-by-block pass, scored on WikiText-2")
     parser.add_argument("--jsonl", default=None)
     parser.add_argument("--write_results", default=None, nargs="*")
     parser.add_argument("--summarize_only", action="store_true")
     args = parser.parse_args()
     jsonl = args.jsonl or f"benchmarks/figures/scores_study_{args.model}.jsonl"
-    if not args.summarize_only:
+    if args.wanda:
+        run_wanda(args, jsonl)
+    elif not args.summarize_only:
         run(args, jsonl)
     rows = ResultRows(jsonl).rows()
     for path in args.write_results or []:
@@ -155,6 +160,53 @@ def run(args, jsonl: str) -> None:
                              "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"]})
 
 
+def run_wanda(args, jsonl: str) -> None:
+    """Wanda 50% with each choice row's allocation (LayerIF's map: more sparsity to a larger ``positive`` score,
+    ε 0.3) and with uniform ratios, on one calibration draw (16 × 128 C4 tokens, seed 0), all candidates pruned in
+    one block-by-block pass (:func:`~hf_layerif.pruning.inflight.prune_in_flight`, which prunes each exactly as a
+    prune on its own would) and scored on the first 16 windows × 512 tokens of WikiText-2 test. Paired: every
+    allocation against uniform on the same calibration and the same windows."""
+    import math
+
+    from hf_layerif.allocation import sparsity_allocation
+    from hf_layerif.calibration import get_calibration_data
+    from hf_layerif.models.blocks import find_transformer_blocks
+    from hf_layerif.pruning import PruningConfig
+    from hf_layerif.pruning.inflight import prune_in_flight
+    from hf_layerif.pruning.methods import pruning_method
+
+    torch.set_num_threads(1)
+    shared = Path(args.shared)
+    results = ResultRows(jsonl)
+    model, tokenizer = load(args.model, shared)
+    c4 = str(shared / "text/c4/c4_en_train00000_first1000.jsonl")
+    config = PruningConfig(method="wanda", sparsity=0.5, nsamples=16, seqlen=128, seed=0, calibration=c4)
+    todo = {}
+    for row in results.rows():
+        key = {**row["key"], "part": "wanda"}
+        if row["key"]["part"] == "choices" and not results.has(key):
+            todo[json.dumps(key, sort_keys=True)] = sparsity_allocation(
+                row["scores"]["positive"], 0.5, model=model, epsilon=0.3).values
+    if not todo:
+        return
+    uniform_key = {"part": "wanda", "choice": "uniform", "calibration_seed": 0, "batch": len(results.rows())}
+    wiki = (shared / "text/wikitext2_raw/wikitext2_raw_test_joined.txt").read_text(encoding="utf-8")
+    ids = tokenizer(wiki, return_tensors="pt").input_ids.reshape(-1)
+    windows = ids[: 16 * 512].view(16, 512)
+    calibration = get_calibration_data(tokenizer, c4, 16, 128, 0)
+    blocks = find_transformer_blocks(model)
+    ratio_sets = [[0.5] * len(blocks)] + list(todo.values())
+    started = time.time()
+    out = prune_in_flight(model, blocks, pruning_method("wanda"), config, ratio_sets, calibration, windows,
+                          progress=True, desc=f"{len(ratio_sets)} allocations")
+    print(f"{len(ratio_sets)} allocations in one pass: {time.time() - started:.0f} s", flush=True)
+    uniform_ppl = math.exp(out[0].loss)
+    results.record(uniform_key, {"wikitext2_ppl": uniform_ppl})
+    for key, result in zip(todo, out[1:]):
+        results.record(json.loads(key), {"wikitext2_ppl": math.exp(result.loss), "uniform_ppl": uniform_ppl,
+                                         "ratios": result.ratios})
+
+
 def _pairwise(vectors: list[list[float]]) -> list[float]:
     from hf_layerif.influence.stability import spearman
 
@@ -164,12 +216,16 @@ def _pairwise(vectors: list[list[float]]) -> list[float]:
 def summarize(rows: list[dict]) -> str:
     from hf_layerif.influence.stability import spearman
 
+    all_rows = rows
     rows = [r for r in rows if r["key"]["part"] == "choices"]
     exact = {(r["key"]["task"], r["key"]["seed"]): r["scores"]["positive"] for r in rows
              if r["key"]["choice"] == "estimator=exact"}
+    wanda = {(r["key"]["choice"], r["key"]["task"], r["key"]["seed"]): r["wikitext2_ppl"] / r["uniform_ppl"] - 1
+             for r in all_rows if r["key"]["part"] == "wanda" and "uniform_ppl" in r}
     lines = ["| protocol choice | aggregation | Spearman with block index (mean [min, max]) | block-0 rank (mean) | "
-             "pairwise Spearman across seeds (mean) | Spearman with exact (mean) | max ρ |",
-             "|---|---|---|---|---|---|---|"]
+             "pairwise Spearman across seeds (mean) | Spearman with exact (mean) | max ρ | "
+             "Wanda 50% vs uniform: mean [min, max] (wins/runs) |",
+             "|---|---|---|---|---|---|---|---|"]
     for choice in dict.fromkeys(r["key"]["choice"] for r in rows):
         group = [r for r in rows if r["key"]["choice"] == choice]
         for aggregation in (AGGREGATIONS if choice.startswith("baseline") else ("positive",)):
@@ -180,10 +236,17 @@ def summarize(rows: list[dict]) -> str:
                 seeds += _pairwise([r["scores"][aggregation] for r in group if r["key"]["task"] == task])
             with_exact = [spearman(r["scores"][aggregation], exact[(r["key"]["task"], r["key"]["seed"])])
                           for r in group if (r["key"]["task"], r["key"]["seed"]) in exact]
+            paired = [wanda[k] for k in ((choice, r["key"]["task"], r["key"]["seed"]) for r in group) if k in wanda]
+            wanda_text = (f"{100 * statistics.mean(paired):+.1f}% [{100 * min(paired):+.1f}, {100 * max(paired):+.1f}] "
+                          f"({sum(p < 0 for p in paired)}/{len(paired)})" if paired and aggregation == "positive" else "-")
             lines.append(f"| {choice} | {aggregation} | {statistics.mean(depth):+.2f} [{min(depth):+.2f}, {max(depth):+.2f}] | "
-                         f"{statistics.mean(block0):.1f} | {statistics.mean(seeds):.2f} | "
-                         f"{statistics.mean(with_exact):.2f} | {max(r['max_rho'] for r in group):.3g} |")
+                         f"{statistics.mean(block0):.1f} | {_mean_text(seeds)} | "
+                         f"{_mean_text(with_exact)} | {max(r['max_rho'] for r in group):.3g} | {wanda_text} |")
     return "\n".join(lines)
+
+
+def _mean_text(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f}" if values else "-"
 
 
 def summarize_stability(rows: list[dict]) -> str:
