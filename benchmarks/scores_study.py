@@ -83,8 +83,10 @@ def main() -> None:
     parser.add_argument("--model", default="stories260k", choices=("stories260k", "smollm2"))
     parser.add_argument("--tasks", default="tinystories,arc_easy")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--train_samples", type=int, default=64)
-    parser.add_argument("--fit_steps", type=int, default=30)
+    parser.add_argument("--train_samples", type=int, default=None,
+                        help="training samples per run (default: 64 on stories260K, 48 on SmolLM2)")
+    parser.add_argument("--fit_steps", type=int, default=None,
+                        help="fit steps of the baseline (default: 30 on stories260K, 20 on SmolLM2)")
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--stability_samples", default="48,96,192")
     parser.add_argument("--stability_seeds", default="0,1,2,3")
@@ -97,6 +99,10 @@ def main() -> None:
     parser.add_argument("--write_results", default=None, nargs="*")
     parser.add_argument("--summarize_only", action="store_true")
     args = parser.parse_args()
+    # one protocol per model's table: every row of a table was made with these (recorded in each row)
+    small = args.model == "stories260k"
+    args.train_samples = args.train_samples or (64 if small else 48)
+    args.fit_steps = args.fit_steps if args.fit_steps is not None else (30 if small else 20)
     jsonl = args.jsonl or f"benchmarks/figures/scores_study_{args.model}.jsonl"
     if args.wanda:
         run_wanda(args, jsonl)
@@ -141,6 +147,7 @@ def run(args, jsonl: str) -> None:
                                              **{**common, "fit_steps": args.fit_steps, **options})
             model.unload()
             results.record(key, {"scores": {a: scores.block_scores(a).tolist() for a in AGGREGATIONS},
+                                 "train_samples": args.train_samples, "baseline_fit_steps": args.fit_steps,
                                  "max_rho": max(scores.estimator.get("curvature_ratio") or [float("nan")]),
                                  "seconds": time.time() - started})
     for n, seed in itertools.product((int(s) for s in args.stability_samples.split(",") if s),
