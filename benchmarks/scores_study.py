@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--stability_samples", default="48,96,192")
     parser.add_argument("--stability_seeds", default="0,1,2,3")
+    parser.add_argument("--stability_repeats", default="3",
+                        help="adapter draws averaged per run in the stability part (3: the CLI's default)")
     parser.add_argument("--choices", default=None,
                         help="';'-separated beginnings of the protocol choices to run (default: all)")
     parser.add_argument("--wanda", action="store_true",
@@ -150,9 +152,10 @@ def run(args, jsonl: str) -> None:
                                  "train_samples": args.train_samples, "baseline_fit_steps": args.fit_steps,
                                  "max_rho": max(scores.estimator.get("curvature_ratio") or [float("nan")]),
                                  "seconds": time.time() - started})
-    for n, seed in itertools.product((int(s) for s in args.stability_samples.split(",") if s),
-                                     (int(s) for s in args.stability_seeds.split(","))):
-        key = {"part": "stability", "n": n, "seed": seed}
+    for repeats, n, seed in itertools.product((int(r) for r in args.stability_repeats.split(",")),
+                                              (int(s) for s in args.stability_samples.split(",") if s),
+                                              (int(s) for s in args.stability_seeds.split(","))):
+        key = {"part": "stability", "n": n, "seed": seed, "repeats": repeats}
         if results.has(key):
             continue
         train, validation = task_texts(shared, "tinystories", seed, n, 32)
@@ -160,11 +163,18 @@ def run(args, jsonl: str) -> None:
         torch.manual_seed(seed)
         model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
         started = time.time()
+        # the CLI's defaults (fit 100 steps, bootstrap 200), with ``repeats`` draws averaged
         scores = compute_layer_influence(model, train, validation, tokenizer=tokenizer, max_length=args.max_length,
-                                         seed=seed, bootstrap_samples=0, progress=False, batch_size=8)
+                                         seed=seed, repeats=repeats, progress=False, batch_size=8)
+        seconds = time.time() - started
         model.unload()
-        results.record(key, {"scores": scores.block_scores().tolist(), "seconds": time.time() - started,
-                             "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"]})
+        info = scores.stability()
+        results.record(key, {"scores": scores.block_scores().tolist(), "seconds": seconds,
+                             "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"],
+                             "draw_agreement": (info.get("repeats") or {}).get("pairwise_spearman_mean"),
+                             "bootstrap_agreement": (info.get("bootstrap") or {}).get("pairwise_spearman_mean"),
+                             "predicted": (info.get("reproducibility") or {}).get("predicted_spearman"),
+                             "called_stable": (info.get("reproducibility") or {}).get("stable")})
 
 
 def run_wanda(args, jsonl: str) -> None:
@@ -257,14 +267,21 @@ def _mean_text(values: list[float]) -> str:
 
 
 def summarize_stability(rows: list[dict]) -> str:
-    rows = [r for r in rows if r["key"]["part"] == "stability"]
-    lines = ["| training samples | seeds | pairwise Spearman across seeds mean [min] | seconds per run (median) |",
-             "|---|---|---|---|"]
-    for n in sorted({r["key"]["n"] for r in rows}):
-        group = [r for r in rows if r["key"]["n"] == n]
+    """Per (draws averaged, training samples): the Spearman between the rankings of runs with different seeds, the
+    Spearman each run predicted for itself (its own stability report), how many runs the report called unstable,
+    and the cost of one run."""
+    rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
+    lines = ["| draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
+             "predicted by each run's report mean [min] | runs called unstable | seconds per run (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for repeats, n in sorted({(r["key"]["repeats"], r["key"]["n"]) for r in rows}):
+        group = [r for r in rows if r["key"]["n"] == n and r["key"]["repeats"] == repeats]
         pairs = _pairwise([r["scores"] for r in group])
-        if pairs:
-            lines.append(f"| {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
+        predicted = [r["predicted"] for r in group if r["predicted"] is not None]
+        if pairs and predicted:
+            lines.append(f"| {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
+                         f"{statistics.mean(predicted):.2f} [{min(predicted):.2f}] | "
+                         f"{sum(not r['called_stable'] for r in group)} of {len(group)} | "
                          f"{statistics.median(r['seconds'] for r in group):.0f} |")
     return "\n".join(lines)
 

@@ -77,6 +77,7 @@ def test_draw_seeds_of_nearby_runs_do_not_overlap():
 
 def test_stability_reports_draw_agreement_and_warns_on_the_weaker(caplog):
     from hf_layerif.influence.scores import LayerInfluenceScores
+    from hf_layerif.influence.stability import floor_to
     from hf_layerif.utils.logging import get_logger
 
     influence = torch.tensor([[-3.0, -2.0, 1.0], [-1.0, -1.0, -1.0], [-2.0, -0.5, 0.5], [-0.2, -0.1, -0.3]])
@@ -88,7 +89,7 @@ def test_stability_reports_draw_agreement_and_warns_on_the_weaker(caplog):
     assert rep["pairwise_spearman_min"] == pytest.approx(-1.0)
     assert rep["pairwise_spearman_mean"] == pytest.approx((-1.0 + 0.8 + -0.8) / 3)
     assert not rep["stable"]
-    assert set(scores.agreement()) == {"bootstrap", "draws"}
+    assert set(scores.agreement()) == {"bootstrap", "draws", "reproducibility"}
     logger = get_logger("hf_layerif")
     logger.addHandler(caplog.handler)
     try:
@@ -96,7 +97,10 @@ def test_stability_reports_draw_agreement_and_warns_on_the_weaker(caplog):
             assert scores.warn_if_unstable()
     finally:
         logger.removeHandler(caplog.handler)
-    assert "bootstrap" not in caplog.text and "mean pairwise Spearman between adapter draws is -0.334" in caplog.text
+    predicted = scores.agreement()["reproducibility"]
+    assert predicted < -0.3  # draws that disagree leave no shared signal, whatever the bootstrap says
+    assert f"predicted to reproduce at a Spearman of {floor_to(predicted):.3f}" in caplog.text
+    assert "3 adapter draws averaged, agreeing pairwise at -0.334" in caplog.text and "Average more draws" in caplog.text
     assert "agreement across 3 adapter draws: pairwise Spearman mean -0.334, min -1.000" in scores.summary_table()
 
 
@@ -222,3 +226,36 @@ def test_scores_are_values_and_other_reporting_gives_a_new_object_with_its_own_s
     loaded = LayerInfluenceScores.from_pretrained(tmp_path)
     assert loaded.block_scores().tolist() == pytest.approx(scores.block_scores().tolist())
     assert loaded.stability()["aggregation"] == "positive"
+
+
+def test_predicted_reproducibility_matches_independent_runs_in_simulation():
+    """The prediction against brute force: block scores = signal + sample noise (shared by a run's k draws) + draw
+    noise; from one run's own figures (pairwise agreement of its k draws; of two redraws of its sample with its
+    draws fixed, as the bootstrap does) it predicts the mean Spearman between independent runs."""
+    import numpy as np
+
+    from hf_layerif.influence.stability import predicted_reproducibility, spearman, spearman_matrix
+
+    rng = np.random.default_rng(0)
+    blocks, k = 30, 3
+    signal = rng.normal(size=blocks)
+    for sample_sd, draw_sd in ((0.5, 0.9), (0.8, 0.4), (0.3, 1.5)):
+        def run(sample_sd=sample_sd, draw_sd=draw_sd):
+            draw_noise = draw_sd * rng.normal(size=(k, blocks))
+            draws = signal + sample_sd * rng.normal(size=blocks) + draw_noise
+            return draws, draws.mean(0), draw_noise.mean(0)
+
+        predicted, observed = [], []
+        for _ in range(400):
+            (draws_a, mean_a, noise_a), (_, mean_b, _) = run(), run()
+            r = spearman_matrix(draws_a)[np.triu_indices(k, 1)].mean()
+            s = spearman(signal + noise_a + sample_sd * rng.normal(size=blocks),
+                         signal + noise_a + sample_sd * rng.normal(size=blocks))
+            predicted.append(predicted_reproducibility(r, k, s))
+            observed.append(spearman(mean_a, mean_b))
+        # within 0.05; where draw noise dominates, a little low (Spearman–Brown is concave in a noisy r): cautious
+        assert abs(np.mean(predicted) - np.mean(observed)) < 0.05, (sample_sd, draw_sd)
+    assert predicted_reproducibility(0.5, 3, None) == pytest.approx(0.75)  # 3·0.5 / (1 + 2·0.5)
+    assert predicted_reproducibility(None, 1, 0.9) == pytest.approx(0.9)
+    assert predicted_reproducibility(0.5, 3, 0.9) == pytest.approx(0.65)
+    assert predicted_reproducibility(-0.2, 3, None) == -0.2 and predicted_reproducibility(None, 1, None) is None

@@ -66,6 +66,8 @@ def scores_text(allocation: Allocation) -> str:
         figures.append(f"mean pairwise Spearman between draws {agreement['draws']:.2f}")
     if "bootstrap" in agreement:
         figures.append(f"5th-percentile bootstrap Spearman {agreement['bootstrap']:.2f}")
+    if "reproducibility" in agreement:
+        figures.append(f"predicted Spearman with an independent run of the protocol {agreement['reproducibility']:.2f}")
     if figures:
         text += "; ranking stability: " + ", ".join(figures)
     return text

@@ -28,13 +28,17 @@ def scores_table(result, aggregation: str | None = None) -> str:
     if boot:
         lines.append(f"ranking stability: Spearman to full ranking {floor_to(boot['spearman_to_full_mean']):.3f} (p05 "
                      f"{floor_to(boot['spearman_to_full_p05']):.3f}) over {boot['num_samples']} bootstrap resamples"
-                     + ("" if boot["stable"] else "  [UNSTABLE]"))
+                     )
     rep = result.stability().get("repeats")
     if rep:
         kind = (result.provenance.get("protocol") or {}).get("adapter", "fresh")
         lines.append(f"agreement across {rep['num_samples']} {'fitted ' if kind == 'fitted' else ''}adapter draws: "
                      f"pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.3f}, min "
-                     f"{floor_to(rep['pairwise_spearman_min']):.3f}" + ("" if rep["stable"] else "  [UNSTABLE]"))
+                     f"{floor_to(rep['pairwise_spearman_min']):.3f}")
+    verdict = result.stability().get("reproducibility")
+    if verdict:
+        lines.append(f"predicted Spearman with an independent run of this protocol: "
+                     f"{floor_to(verdict['predicted_spearman']):.3f}" + ("" if verdict["stable"] else "  [UNSTABLE]"))
     return "\n".join(lines)
 
 

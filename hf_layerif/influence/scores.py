@@ -32,6 +32,7 @@ from .stability import (
     UNSTABLE_SPEARMAN,
     bootstrap_block_scores,
     floor_to,
+    predicted_reproducibility,
     reaches_threshold,
     summarize_block_score_samples,
     summarize_draws,
@@ -163,7 +164,10 @@ class LayerInfluenceScores:
 
         Returns a dict with per-block ``mean``, ``std``, ``p05``, ``p95``, Spearman of resampled rankings to the
         full-data ranking (``spearman_to_full_mean`` / ``_p05``), ``pairwise_spearman_mean``, ``stable``, and
-        when repeats were run, the same statistics over adapter initialisations under ``repeats``.
+        when repeats were run, the same statistics over adapter initialisations under ``repeats``; under
+        ``reproducibility`` the verdict: the Spearman predicted between this run's ranking and an independent
+        run's (:func:`~hf_layerif.influence.stability.predicted_reproducibility`) and ``stable`` (it reaches
+        :data:`UNSTABLE_SPEARMAN`).
         """
         default = num_resamples is None and aggregation is None and seed is None
         if default and self._stability is not None:
@@ -186,6 +190,14 @@ class LayerInfluenceScores:
                 draws = None  # scores of an older version kept the per-draw scores of their own aggregation only
             if draws is not None:
                 result["repeats"] = summarize_draws(draws, reference)
+        draws = result.get("repeats")
+        boot = result.get("bootstrap")
+        predicted = predicted_reproducibility(draws["pairwise_spearman_mean"] if draws else None,
+                                              draws["num_samples"] if draws else 1,
+                                              boot["pairwise_spearman_mean"] if boot else None)
+        if predicted is not None:
+            result["reproducibility"] = {"predicted_spearman": predicted, "stable": reaches_threshold(predicted),
+                                         "draws_averaged": draws["num_samples"] if draws else 1}
         if default:
             object.__setattr__(self, "_stability", result)
         return result
@@ -210,21 +222,47 @@ class LayerInfluenceScores:
         return dataclasses.replace(self, arguments=arguments, repeat_block_scores=repeat, _stability=None)
 
     def agreement(self) -> dict[str, float]:
-        """The ranking-agreement figures, each compared with :data:`UNSTABLE_SPEARMAN`: the 5th percentile
-        Spearman of bootstrap resamples to the full ranking (``bootstrap``), and the mean pairwise Spearman of
-        the adapter draws / fits (``draws``), where they exist."""
+        """The ranking-agreement figures: the 5th-percentile Spearman of bootstrap resamples to the full ranking
+        (``bootstrap``), the mean pairwise Spearman of the adapter draws / fits (``draws``), where they exist, and
+        the Spearman predicted with an independent run of the protocol (``reproducibility``), which decides
+        whether the run is called stable."""
         info = self.stability()
         figures = {}
         if info.get("bootstrap"):
             figures["bootstrap"] = info["bootstrap"]["spearman_to_full_p05"]
         if info.get("repeats"):
             figures["draws"] = info["repeats"]["pairwise_spearman_mean"]
+        if info.get("reproducibility"):
+            figures["reproducibility"] = info["reproducibility"]["predicted_spearman"]
         return figures
 
     def warn_if_unstable(self) -> bool:
-        """Log one warning, on the weaker of the bootstrap and draw agreements, when it is below
-        :data:`UNSTABLE_SPEARMAN`; return True then."""
+        """Log one warning when the ranking is predicted to reproduce below :data:`UNSTABLE_SPEARMAN` across
+        independent runs of the protocol (new draws, a new sample), naming the larger source of noise and its fix;
+        return True then. (Scores saved without the prediction: the weaker of the bootstrap and draw figures.)"""
+        info = self.stability()
         figures = self.agreement()
+        if "reproducibility" in figures:
+            value = figures["reproducibility"]
+            if reaches_threshold(value):
+                return False
+            draws, boot = info.get("repeats"), info.get("bootstrap")
+            k = draws["num_samples"] if draws else 1
+            # what each source of noise costs the prediction (1 - r_k and 1 - s, see predicted_reproducibility)
+            draw_noise = 1.0 - predicted_reproducibility(draws["pairwise_spearman_mean"], k, None) if draws else 0.0
+            sample_noise = 1.0 - boot["pairwise_spearman_mean"] if boot else 0.0
+            parts = []
+            if draws:
+                parts.append(f"{k} adapter draws averaged, agreeing pairwise at {floor_to(draws['pairwise_spearman_mean']):.3f}")
+            if boot:
+                parts.append(f"bootstrap resamples of the training samples agreeing at "
+                             f"{floor_to(boot['pairwise_spearman_mean']):.3f}")
+            fix = ("Average more draws (repeats=) or fit the scoring adapter longer (fit_steps=)"
+                   if draw_noise >= sample_noise else "Score more training samples")
+            logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f across "
+                           "independent runs of this protocol (%s), below %.1f. %s before acting on it.",
+                           floor_to(value), "; ".join(parts), UNSTABLE_SPEARMAN, fix)
+            return True
         if not figures:
             return False
         weakest = min(figures, key=figures.get)

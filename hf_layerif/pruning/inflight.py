@@ -24,7 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import BlockSequentialRunner
-from ..calibration.runner import _to
 from ..models.blocks import TransformerBlocks
 from ..models.offload import input_device
 from .blockwise import collect_block_statistics, prune_block_linears, read_block_weights, write_block_weights
@@ -150,7 +149,7 @@ def head_loss(model: nn.Module, blocks: TransformerBlocks, final_inputs: list[tu
         batch = ids[start:start + batch_size].to(device)
         with _replay_blocks(blocks, args[0], returns_tuple):
             logits = model(input_ids=batch, use_cache=False).logits
-        targets = _to(batch[:, 1:], logits.device)
+        targets = batch[:, 1:].to(logits.device)
         total += torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                                    targets.reshape(-1), reduction="sum").double().cpu()
         count += targets.numel()
