@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--stability_samples", default="48,96,192")
     parser.add_argument("--stability_seeds", default="0,1,2,3")
+    parser.add_argument("--stability_fit_steps", type=int, default=None,
+                        help="fit steps of the stability runs (default: the CLI's default, 100)")
     parser.add_argument("--stability_repeats", default="3",
                         help="adapter draws averaged per run in the stability part (3: the CLI's default)")
     parser.add_argument("--choices", default=None,
@@ -156,6 +158,8 @@ def run(args, jsonl: str) -> None:
                                               (int(s) for s in args.stability_samples.split(",") if s),
                                               (int(s) for s in args.stability_seeds.split(","))):
         key = {"part": "stability", "n": n, "seed": seed, "repeats": repeats}
+        if args.stability_fit_steps is not None:
+            key["fit_steps"] = args.stability_fit_steps
         if results.has(key):
             continue
         train, validation = task_texts(shared, "tinystories", seed, n, 32)
@@ -165,7 +169,8 @@ def run(args, jsonl: str) -> None:
         started = time.time()
         # the CLI's defaults (fit 100 steps, bootstrap 200), with ``repeats`` draws averaged
         scores = compute_layer_influence(model, train, validation, tokenizer=tokenizer, max_length=args.max_length,
-                                         seed=seed, repeats=repeats, progress=False, batch_size=8)
+                                         seed=seed, repeats=repeats, progress=False, batch_size=8,
+                                         fit_steps=args.stability_fit_steps)
         seconds = time.time() - started
         model.unload()
         info = scores.stability()
@@ -271,15 +276,15 @@ def summarize_stability(rows: list[dict]) -> str:
     Spearman each run predicted for itself (its own stability report), how many runs the report called unstable,
     and the cost of one run."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
-    lines = ["| draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
+    lines = ["| fit steps | draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
              "predicted by each run's report mean [min] | runs called unstable | seconds per run (median) |",
-             "|---|---|---|---|---|---|---|"]
-    for repeats, n in sorted({(r["key"]["repeats"], r["key"]["n"]) for r in rows}):
-        group = [r for r in rows if r["key"]["n"] == n and r["key"]["repeats"] == repeats]
+             "|---|---|---|---|---|---|---|---|"]
+    for steps, repeats, n in sorted({(r["fit_steps"], r["key"]["repeats"], r["key"]["n"]) for r in rows}):
+        group = [r for r in rows if (r["fit_steps"], r["key"]["repeats"], r["key"]["n"]) == (steps, repeats, n)]
         pairs = _pairwise([r["scores"] for r in group])
         predicted = [r["predicted"] for r in group if r["predicted"] is not None]
         if pairs and predicted:
-            lines.append(f"| {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
+            lines.append(f"| {steps} | {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
                          f"{statistics.mean(predicted):.2f} [{min(predicted):.2f}] | "
                          f"{sum(not r['called_stable'] for r in group)} of {len(group)} | "
                          f"{statistics.median(r['seconds'] for r in group):.0f} |")
