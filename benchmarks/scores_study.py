@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--stability_seeds", default="0,1,2,3")
     parser.add_argument("--stability_fit_steps", type=int, default=None,
                         help="fit steps of the stability runs (default: the CLI's default, 100)")
+    parser.add_argument("--stability_task", default="tinystories", help="task of the stability runs")
     parser.add_argument("--stability_repeats", default="3",
                         help="adapter draws averaged per run in the stability part (3: the CLI's default)")
     parser.add_argument("--choices", default=None,
@@ -160,9 +161,11 @@ def run(args, jsonl: str) -> None:
         key = {"part": "stability", "n": n, "seed": seed, "repeats": repeats}
         if args.stability_fit_steps is not None:
             key["fit_steps"] = args.stability_fit_steps
+        if args.stability_task != "tinystories":
+            key["task"] = args.stability_task
         if results.has(key):
             continue
-        train, validation = task_texts(shared, "tinystories", seed, n, 32)
+        train, validation = task_texts(shared, args.stability_task, seed, n, 32)
         base.load_state_dict(original)
         torch.manual_seed(seed)
         model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
@@ -276,15 +279,19 @@ def summarize_stability(rows: list[dict]) -> str:
     Spearman each run predicted for itself (its own stability report), how many runs the report called unstable,
     and the cost of one run."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
-    lines = ["| fit steps | draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
+    lines = ["| task | fit steps | draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
              "predicted by each run's report mean [min] | runs called unstable | seconds per run (median) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for steps, repeats, n in sorted({(r["fit_steps"], r["key"]["repeats"], r["key"]["n"]) for r in rows}):
-        group = [r for r in rows if (r["fit_steps"], r["key"]["repeats"], r["key"]["n"]) == (steps, repeats, n)]
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict) -> tuple:
+        return r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"]
+
+    for task, steps, repeats, n in sorted({cell(r) for r in rows}):
+        group = [r for r in rows if cell(r) == (task, steps, repeats, n)]
         pairs = _pairwise([r["scores"] for r in group])
         predicted = [r["predicted"] for r in group if r["predicted"] is not None]
         if pairs and predicted:
-            lines.append(f"| {steps} | {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
+            lines.append(f"| {task} | {steps} | {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
                          f"{statistics.mean(predicted):.2f} [{min(predicted):.2f}] | "
                          f"{sum(not r['called_stable'] for r in group)} of {len(group)} | "
                          f"{statistics.median(r['seconds'] for r in group):.0f} |")
