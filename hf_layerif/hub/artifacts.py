@@ -34,9 +34,12 @@ ARCHITECTURE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassificatio
                      "ForConditionalGeneration": "text2text-generation"}
 
 
+LIBRARY_TAG = "layerif"  # every card's first tag
+
+
 def method_tag(allocation: Allocation) -> str:
-    """The card tag of the allocation's method (``layerif`` alone would collide with the library tag)."""
-    return allocation.method if allocation.method != "layerif" else "layerif-allocation"
+    """The card tag of the allocation's method (a method named like the library tag gets ``-allocation`` added)."""
+    return allocation.method if allocation.method != LIBRARY_TAG else f"{LIBRARY_TAG}-allocation"
 
 
 def _hyper_text(allocation: Allocation) -> str:
@@ -47,7 +50,13 @@ def scores_text(allocation: Allocation) -> str:
     """One sentence on the influence scores behind an allocation (estimator, data, adapter protocol, stability)."""
     scores = allocation.provenance.get("scores")
     if not scores:
-        return "model-centric metric or uniform baseline (no influence scores)" if allocation.method != "layerif" else "given directly"
+        from ..allocation.methods import allocation_method
+
+        try:
+            reads_scores = allocation_method(allocation.kind, allocation.method).source == "scores"
+        except ValueError:  # a method registered in another session: say only what the file shows
+            reads_scores = False
+        return "given directly" if reads_scores else "model-centric metric or uniform baseline (no influence scores)"
     estimator = (scores.get("estimator") or {}).get("name")
     data = scores.get("data") or {}
     text = (f"LayerIF influence ({estimator}, aggregation {scores.get('aggregation')}) over {data.get('num_train')} "
@@ -130,7 +139,7 @@ class HubArtifact:
         from huggingface_hub import ModelCardData
 
         card_data = ModelCardData(**metadata, library_name="hf-layerif",
-                                  tags=["layerif", f"{allocation.kind}-allocation", method_tag(allocation), ARXIV_TAG])
+                                  tags=[LIBRARY_TAG, f"{allocation.kind}-allocation", method_tag(allocation), ARXIV_TAG])
         usage = ("config = allocation.to_peft_config(r=8, lora_alpha=16)  # LoRA-MoE experts per block"
                  if allocation.kind == "experts" else
                  "ratios = allocation.ratios_for(model)  # sparsity per linear module")
@@ -222,7 +231,7 @@ class PrunedModelArtifact(HubArtifact):
 
         info = self.info
         card_data = ModelCardData(**metadata, library_name="transformers",
-                                  tags=["layerif", "pruned", info["method"], method_tag(allocation), ARXIV_TAG],
+                                  tags=[LIBRARY_TAG, "pruned", info["method"], method_tag(allocation), ARXIV_TAG],
                                   model_name=model_name, eval_results=eval_entries)
         return render_card("pruned", card_data, method=info["method"], structure=info["structure"],
                            sparsity=info["sparsity"], achieved=info["achieved"], allocation_method=allocation.method,
@@ -264,7 +273,7 @@ class LoraMoEAdapterArtifact(HubArtifact):
 
         config = self.info["adapter_config"]
         card_data = ModelCardData(**metadata, base_model_relation="adapter" if metadata.get("base_model") else None,
-                                  library_name="peft", tags=["layerif", "lora-moe", "lora", method_tag(allocation), ARXIV_TAG],
+                                  library_name="peft", tags=[LIBRARY_TAG, "lora-moe", "lora", method_tag(allocation), ARXIV_TAG],
                                   model_name=model_name, eval_results=eval_entries)
         return render_card("lora_moe", card_data, total_experts=sum(config["experts_per_layer"]),
                            allocation_method=allocation.method, r=config["r"], lora_alpha=config["lora_alpha"],
