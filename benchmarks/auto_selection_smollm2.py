@@ -23,6 +23,7 @@ the marked block of RESULTS.md from them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -39,6 +40,7 @@ from smollm2 import load_smollm2  # noqa: E402
 
 BLOCK = "auto-selection"
 COST_BLOCK = "auto-selection-cost"
+ZERO_SHOT_BLOCK = "auto-selection-zero-shot"
 
 
 def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
@@ -186,6 +188,12 @@ def main() -> None:
     parser.add_argument("--train_samples", type=int, default=48)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--jsonl", default="benchmarks/figures/auto_selection_smollm2.jsonl")
+    parser.add_argument("--zero_shot", action="store_true",
+                        help="zero-shot accuracy of every auto choice and of uniform and OWL on its calibration draw")
+    parser.add_argument("--zero_shot_tasks", default="arc_easy,piqa,winogrande")
+    parser.add_argument("--zero_shot_limit", type=int, default=200, help="items per zero-shot task (the first ones)")
+    parser.add_argument("--zero_shot_methods", default="wanda,sparsegpt")
+    parser.add_argument("--zero_shot_jsonl", default="benchmarks/figures/auto_selection_zero_shot_smollm2.jsonl")
     parser.add_argument("--write_results", default=None, nargs="*",
                         help="Markdown files whose marked blocks are rewritten (RESULTS.md, README.md)")
     parser.add_argument("--summarize_only", action="store_true", help="rewrite the marked blocks from the saved rows")
@@ -234,6 +242,10 @@ def main() -> None:
 
     if args.cost:
         run_cost(args, task_scores(tasks[0], args.scoring_seeds_list[0]))
+        return
+    if args.zero_shot:
+        run_zero_shot(args, fresh, tokenizer, task_scores, c4_file, wiki_test)
+        write_blocks(args)
         return
 
     results = ResultRows(args.jsonl)
@@ -287,6 +299,133 @@ def main() -> None:
     write_blocks(args)
 
 
+def zero_shot_models(rows: list[dict], methods: list[str]) -> dict[str, dict]:
+    """The pruned models the zero-shot part evaluates, by id: per (method, sparsity, calibration seed) with an auto
+    run, uniform, OWL and every allocation auto chose there (a LayerIF choice depends on its scores: task and
+    scoring seed are part of its id). Each entry holds the WikiText-2 perplexity the grid recorded for that model,
+    which the rebuilt model must reproduce."""
+    fixed = {(r["key"]["method"], r["key"]["sparsity"], r["key"]["calibration_seed"], r["key"]["allocation"]):
+             r["wikitext2_ppl"] for r in rows if r["key"]["allocation"] in ("uniform", "owl", "alphapruning")}
+    models: dict[str, dict] = {}
+    for row in rows:
+        k = row["key"]
+        if not k["allocation"].startswith("auto_") or k["method"] not in methods:
+            continue
+        cell = {"method": k["method"], "sparsity": k["sparsity"], "calibration_seed": k["calibration_seed"]}
+        for name in ("uniform", "owl", row["chosen"]):
+            if name in ("uniform", "owl", "alphapruning"):
+                model = {**cell, "candidate": name, "expected_ppl": fixed[(*cell.values(), name)]}
+            else:  # a LayerIF map: rebuilt from the same task's scores of the same scoring seed
+                model = {**cell, "candidate": name, "task": k["allocation"][len("auto_"):],
+                         "scoring_seed": k["scoring_seed"], "expected_ppl": row["wikitext2_ppl"]}
+            models.setdefault(json.dumps({x: y for x, y in model.items() if x != "expected_ppl"}, sort_keys=True),
+                              model)
+    return models
+
+
+def run_zero_shot(args, fresh, tokenizer, task_scores, c4_file: str, wiki_test: str) -> None:
+    """Zero-shot accuracy (acc_norm, the first ``--zero_shot_limit`` items of each task's test file) of the models of
+    :func:`zero_shot_models`. Each is pruned again from its candidate on its calibration draw; its WikiText-2
+    perplexity must equal the grid's to 1e-4 (relative), which shows it is the model auto chose."""
+    from hf_layerif.calibration import get_calibration_data
+    from hf_layerif.evaluation import zero_shot
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
+    from hf_layerif.pruning.candidates import parse_candidate
+    from hf_layerif.pruning.selection import candidate_allocations
+
+    shared = Path(args.shared)
+    folder = shared / "tasks/llm_adapters/dataset"
+    files = {"arc_easy": folder / "ARC-Easy/test.json", "arc_challenge": folder / "ARC-Challenge/test.json",
+             "piqa": folder / "piqa/test.json", "winogrande": folder / "winogrande/test.json",
+             "openbookqa": folder / "openbookqa/test.json", "hellaswag": shared / "tasks/hellaswag/hellaswag_val_full.txt.bz2"}
+    tasks = {name: str(files[name]) for name in args.zero_shot_tasks.split(",")}
+    out = ResultRows(args.zero_shot_jsonl)
+    setting = {"limit": args.zero_shot_limit, "tasks": sorted(tasks)}
+
+    def accuracy(model) -> dict:
+        acc = zero_shot(model, tokenizer, tasks, limit=args.zero_shot_limit, batch_size=16)
+        return {"acc_norm": {t: acc[t]["acc_norm"] for t in tasks}, "mean_acc_norm": acc["average"]["acc_norm"]}
+
+    if not out.has({"candidate": "dense", **setting}):
+        out.record({"candidate": "dense", **setting}, accuracy(fresh()))
+    models = zero_shot_models(ResultRows(args.jsonl).rows(), args.zero_shot_methods.split(","))
+    calibration: dict[int, torch.Tensor] = {}
+    for model in models.values():
+        key = {**{k: v for k, v in model.items() if k != "expected_ppl"}, **setting}
+        if out.has(key):
+            continue
+        started = time.time()
+        seed = model["calibration_seed"]
+        if seed not in calibration:
+            calibration[seed] = get_calibration_data(tokenizer, c4_file, args.nsamples, args.seqlen, seed)
+        config = PruningConfig(method=model["method"], sparsity=model["sparsity"], nsamples=args.nsamples,
+                               seqlen=args.seqlen, seed=seed, calibration=c4_file)
+        pruner = LayerIFPruner(fresh(), tokenizer)
+        candidate = parse_candidate(model["candidate"].replace("(", ":").replace(", ", ":").rstrip(")"))
+        scores = task_scores(model["task"], model["scoring_seed"]) if "task" in model else None
+        allocation = candidate_allocations(pruner, config, [candidate], scores, calibration[seed], False)[candidate.name]
+        pruner.prune(dataclasses.replace(config, allocation=allocation), calibration[seed], progress=False)
+        ppl = perplexity(pruner.model, tokenizer, wiki_test, seqlen=512, max_windows=args.eval_windows)
+        if abs(ppl / model["expected_ppl"] - 1) > 1e-4:
+            raise RuntimeError(f"{key}: rebuilt model has WikiText-2 perplexity {ppl:.4f}, the grid recorded "
+                               f"{model['expected_ppl']:.4f}; it is not the same model")
+        out.record(key, {"wikitext2_ppl": ppl, **accuracy(pruner.model), "seconds": time.time() - started})
+        print(f"zero-shot {key}: {time.time() - started:.0f} s", flush=True)
+
+
+def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str:
+    """Markdown: per (method, sparsity, scoring task), the zero-shot mean acc_norm of auto's choice paired against
+    uniform and OWL on the same calibration draw (points, mean [min, max] over the auto runs), and per-task means."""
+    if not rows:
+        return ""
+    accuracy = {}
+    for r in rows:
+        k = r["key"]
+        if k["candidate"] == "dense":
+            continue
+        ident = (k["method"], k["sparsity"], k["calibration_seed"], k["candidate"], k.get("task"), k.get("scoring_seed"))
+        accuracy[ident] = r
+    setting = rows[0]["key"]
+    dense = next((r for r in rows if r["key"]["candidate"] == "dense"), None)
+    names = setting["tasks"]
+    lines = [f"Zero-shot acc_norm (first {setting['limit']} items of {', '.join(names)}; dense model "
+             f"{100 * dense['mean_acc_norm']:.1f}%)" if dense else "",
+             "",
+             "| method | sparsity | scores from | runs | auto mean acc_norm (%) | uniform | OWL | "
+             "auto − uniform (points, paired) | auto − OWL (points) | auto ≥ uniform | auto ≥ OWL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(values: list[float]) -> str:
+        return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
+
+    autos = [r for r in grid if r["key"]["allocation"].startswith("auto_")]
+    for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
+        for task in tasks:
+            mine, uni, owl = [], [], []
+            for auto in autos:
+                k = auto["key"]
+                if (k["method"], k["sparsity"], k["allocation"]) != (method, sparsity, f"auto_{task}"):
+                    continue
+                cell = (method, sparsity, k["calibration_seed"])
+                chosen = auto["chosen"]
+                own = ((*cell, chosen, None, None) if chosen in ("uniform", "owl", "alphapruning")
+                       else (*cell, chosen, task, k["scoring_seed"]))
+                if own not in accuracy or (*cell, "uniform", None, None) not in accuracy or \
+                        (*cell, "owl", None, None) not in accuracy:
+                    continue
+                mine.append(100 * accuracy[own]["mean_acc_norm"])
+                uni.append(100 * accuracy[(*cell, "uniform", None, None)]["mean_acc_norm"])
+                owl.append(100 * accuracy[(*cell, "owl", None, None)]["mean_acc_norm"])
+            if not mine:
+                continue
+            du = [a - b for a, b in zip(mine, uni)]
+            do = [a - b for a, b in zip(mine, owl)]
+            lines.append(f"| {method} | {sparsity:.0%} | {task} | {len(mine)} | {statistics.mean(mine):.1f} | "
+                         f"{statistics.mean(uni):.1f} | {statistics.mean(owl):.1f} | {fmt(du)} | {fmt(do)} | "
+                         f"{sum(d >= 0 for d in du)}/{len(du)} | {sum(d >= 0 for d in do)}/{len(do)} |")
+    return "\n".join(lines)
+
+
 def write_blocks(args) -> None:
     """Rewrite the generated blocks of ``--write_results`` files: the selection table from ``--jsonl``, the cost
     table from ``--cost_json`` (when present)."""
@@ -294,6 +433,10 @@ def write_blocks(args) -> None:
         replace_block(path, BLOCK, summarize(ResultRows(args.jsonl).rows(), args.tasks.split(",")))
         if Path(args.cost_json).exists():
             replace_block(path, COST_BLOCK, cost_table(json.loads(Path(args.cost_json).read_text())))
+        if Path(args.zero_shot_jsonl).exists() and ZERO_SHOT_BLOCK in Path(path).read_text(encoding="utf-8"):
+            replace_block(path, ZERO_SHOT_BLOCK, zero_shot_table(ResultRows(args.jsonl).rows(),
+                                                                 ResultRows(args.zero_shot_jsonl).rows(),
+                                                                 args.tasks.split(",")))
 
 
 def cost_table(result: dict) -> str:
