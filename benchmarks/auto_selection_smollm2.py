@@ -12,9 +12,14 @@ directions) and ``auto`` (per task, with that task's scores) are pruned with Wan
 evaluated on WikiText-2 test perplexity — data the selection split (other C4 documents) never saw. Every auto run is
 paired with uniform, OWL and the best fixed allocation of hindsight on the same calibration draw.
 
+Zero-shot (``--zero_shot``): every model auto chose in the grid, and uniform and OWL on the same calibration draw,
+pruned again (its WikiText-2 perplexity must reproduce the grid's) and scored by log-likelihood ranking on the first
+``--zero_shot_limit`` test items of each ``--zero_shot_tasks`` task; auto paired against uniform and OWL.
+
     python benchmarks/smollm2.py                                          # fetch and convert the model once
     OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --cost
     OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --write_results benchmarks/RESULTS.md
+    OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --zero_shot --write_results benchmarks/RESULTS.md
 
 Rows are appended to ``--jsonl`` as they come (a re-run skips the rows already there); ``--write_results`` rewrites
 the marked block of RESULTS.md from them.

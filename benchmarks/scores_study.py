@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--model", default="stories260k", choices=("stories260k", "smollm2"))
     parser.add_argument("--tasks", default="tinystories,arc_easy")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the protocol-choice rows ('' for none)")
     parser.add_argument("--train_samples", type=int, default=None,
                         help="training samples per run (default: 64 on stories260K, 48 on SmolLM2)")
     parser.add_argument("--fit_steps", type=int, default=None,
@@ -135,7 +135,7 @@ def run(args, jsonl: str) -> None:
     common = dict(tokenizer=tokenizer, max_length=args.max_length, repeats=1, bootstrap_samples=0, progress=False,
                   batch_size=8, fit_batch_size=8)
     # seeds outermost: an interrupted run still has every choice on both tasks for the first seeds
-    for seed, task in itertools.product((int(s) for s in args.seeds.split(",")), args.tasks.split(",")):
+    for seed, task in itertools.product((int(s) for s in args.seeds.split(",") if s), args.tasks.split(",")):
         train, validation = task_texts(shared, task, seed, args.train_samples, args.train_samples // 4)
         for choice, (options, targets) in CHOICES.items():
             if args.choices and not any(choice.startswith(c) for c in args.choices.split(";")):

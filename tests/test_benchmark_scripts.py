@@ -51,3 +51,23 @@ def test_result_tables_in_the_docs_match_the_benchmark_outputs(monkeypatch):
     for document in (root / "benchmarks" / "RESULTS.md", root / "README.md"):
         assert read_block(document, selection.BLOCK) == table, document
         assert read_block(document, selection.COST_BLOCK) == cost, document
+    zero_shot = selection.zero_shot_table(
+        rows, ResultRows(root / "benchmarks" / "figures" / "auto_selection_zero_shot_smollm2.jsonl").rows(),
+        ["tinystories", "arc_easy"])
+    assert zero_shot.count("\n") >= 4  # the dense model's line, a header and at least one row of results
+    assert read_block(root / "benchmarks" / "RESULTS.md", selection.ZERO_SHOT_BLOCK) == zero_shot
+
+
+@pytest.mark.parametrize("model", ["stories260k", "smollm2"])
+def test_fidelity_tables_match_the_scores_study_outputs(model, monkeypatch):
+    """docs/FIDELITY.md's scoring-study and stability tables are what ``scores_study.py`` makes of its rows."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import scores_study
+    from result_rows import ResultRows
+    from results_block import read_block
+
+    root = BENCHMARKS.parent
+    rows = ResultRows(root / "benchmarks" / "figures" / f"scores_study_{model}.jsonl").rows()
+    fidelity = root / "docs" / "FIDELITY.md"
+    assert read_block(fidelity, f"scores-study-{model}") == scores_study.summarize(rows)
+    assert read_block(fidelity, f"scores-stability-{model}") == scores_study.summarize_stability(rows)
