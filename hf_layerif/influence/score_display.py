@@ -37,7 +37,7 @@ def scores_table(result, aggregation: str | None = None) -> str:
                      f"{floor_to(rep['pairwise_spearman_min']):.3f}")
     verdict = result.stability().get("reproducibility")
     if verdict:
-        lines.append(f"predicted Spearman with an independent run of this protocol: "
+        lines.append(f"predicted Spearman with an independent run (new draws, resampled training set, same validation): "
                      f"{floor_to(verdict['predicted_spearman']):.3f}" + ("" if verdict["stable"] else "  [UNSTABLE]"))
     return "\n".join(lines)
 

@@ -238,7 +238,8 @@ class LayerInfluenceScores:
 
     def warn_if_unstable(self) -> bool:
         """Log one warning when the ranking is predicted to reproduce below :data:`UNSTABLE_SPEARMAN` across
-        independent runs of the protocol (new draws, a new sample), naming the larger source of noise and its fix;
+        independent runs of the protocol (new draws, a resampled training set, the same validation samples), naming
+        the larger source of noise and its fix;
         return True then. (Scores saved without the prediction: the weaker of the bootstrap and draw figures.)"""
         info = self.stability()
         figures = self.agreement()
@@ -260,7 +261,8 @@ class LayerInfluenceScores:
             fix = ("Average more draws (repeats=) or fit the scoring adapter longer (fit_steps=)"
                    if draw_noise >= sample_noise else "Score more training samples")
             logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f across "
-                           "independent runs of this protocol (%s), below %.1f. %s before acting on it.",
+                           "independent runs of this protocol with the same validation samples (%s), below %.1f. %s before "
+                           "acting on it.",
                            floor_to(value), "; ".join(parts), UNSTABLE_SPEARMAN, fix)
             return True
         if not figures:

@@ -66,7 +66,9 @@ def summarize_draws(draw_scores: np.ndarray, reference: np.ndarray) -> dict:
 
 def predicted_reproducibility(draw_agreement: float | None, draws: int, sample_agreement: float | None) -> float | None:
     """Predicted Spearman between the block rankings of two independent runs of one scoring protocol (new adapter
-    draws and a new sample of the same size), from what one run measures about itself.
+    draws and a new training sample of the same size, the same validation samples), from what one run measures
+    about itself. Not seen: a new validation sample, and the adapter fit's dependence on the training sample (the
+    draws refit on the same samples; the bootstrap resamples the scores without refitting); docs/FIDELITY.md §3.
 
     Model: a run's averaged block scores are signal + sample noise (shared by its draws) + draw noise / k, with
     variances S, P and D / k, and T = S + P + D / k.
