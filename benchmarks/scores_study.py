@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--stability_fit_steps", type=int, default=None,
                         help="fit steps of the stability runs (default: the CLI's default, 100)")
     parser.add_argument("--stability_task", default="tinystories", help="task of the stability runs")
+    parser.add_argument("--stability_validation", type=int, default=32, help="validation samples per stability run")
     parser.add_argument("--stability_repeats", default="3",
                         help="adapter draws averaged per run in the stability part (3: the CLI's default)")
     parser.add_argument("--choices", default=None,
@@ -163,9 +164,12 @@ def run(args, jsonl: str) -> None:
             key["fit_steps"] = args.stability_fit_steps
         if args.stability_task != "tinystories":
             key["task"] = args.stability_task
+        if args.stability_validation != 32:
+            key["validation"] = args.stability_validation
+        key["report"] = "validation_halves"  # rows before it: no validation term (summarize_stability keeps both)
         if results.has(key):
             continue
-        train, validation = task_texts(shared, args.stability_task, seed, n, 32)
+        train, validation = task_texts(shared, args.stability_task, seed, n, args.stability_validation)
         base.load_state_dict(original)
         torch.manual_seed(seed)
         model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
@@ -181,6 +185,7 @@ def run(args, jsonl: str) -> None:
                              "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"],
                              "draw_agreement": (info.get("repeats") or {}).get("pairwise_spearman_mean"),
                              "bootstrap_agreement": (info.get("bootstrap") or {}).get("pairwise_spearman_mean"),
+                             "validation_split_half": (info.get("validation") or {}).get("split_half_spearman"),
                              "predicted": (info.get("reproducibility") or {}).get("predicted_spearman"),
                              "called_stable": (info.get("reproducibility") or {}).get("stable")})
 
@@ -274,25 +279,45 @@ def _mean_text(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f}" if values else "-"
 
 
+def _same_validation_prediction(row: dict) -> float | None:
+    """What a row's report predicts for runs that share its validation samples (r_k + s − 1), from its figures."""
+    from hf_layerif.influence.stability import predicted_reproducibility
+
+    return predicted_reproducibility(row.get("draw_agreement"), row.get("draws") or 1, row.get("bootstrap_agreement"))
+
+
 def summarize_stability(rows: list[dict]) -> str:
-    """Per (draws averaged, training samples): the Spearman between the rankings of runs with different seeds, the
-    Spearman each run predicted for itself (its own stability report), how many runs the report called unstable,
-    and the cost of one run."""
+    """Per (task, fit steps, draws averaged, training and validation samples): the Spearman between the rankings of
+    runs with different seeds; what each run's own report predicted for runs sharing its validation samples
+    (r_k + s − 1) and, for runs that formed the validation halves, for runs with new validation samples
+    (+ u − 1, METHOD §9); how many runs the report called unstable; the cost of one run. A seed run both before
+    and with the validation halves counts once (the later row; its scores are the same run's)."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
-    lines = ["| task | fit steps | draws averaged | training samples | runs | pairwise Spearman across seeds mean [min] | "
-             "predicted by each run's report mean [min] | runs called unstable | seconds per run (median) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    latest: dict[str, dict] = {}
+    for r in rows:
+        key = {k: v for k, v in r["key"].items() if k != "report"}
+        latest[json.dumps(key, sort_keys=True)] = r
+    rows = list(latest.values())
+    lines = ["| task | fit steps | draws averaged | training samples | validation samples | runs | "
+             "pairwise Spearman across seeds mean [min] | predicted, same validation: mean [min] | "
+             "predicted, new validation: mean [min] (runs) | runs called unstable | seconds per run (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict) -> tuple:
-        return r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"]
+        return (r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"],
+                r["key"].get("validation", 32))
 
-    for task, steps, repeats, n in sorted({cell(r) for r in rows}):
-        group = [r for r in rows if cell(r) == (task, steps, repeats, n)]
+    def fmt(values: list[float]) -> str:
+        return f"{statistics.mean(values):.2f} [{min(values):.2f}]" if values else "—"
+
+    for task, steps, repeats, n, m in sorted({cell(r) for r in rows}):
+        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m)]
         pairs = _pairwise([r["scores"] for r in group])
-        predicted = [r["predicted"] for r in group if r["predicted"] is not None]
-        if pairs and predicted:
-            lines.append(f"| {task} | {steps} | {repeats} | {n} | {len(group)} | {statistics.mean(pairs):.2f} [{min(pairs):.2f}] | "
-                         f"{statistics.mean(predicted):.2f} [{min(predicted):.2f}] | "
+        same = [p for p in (_same_validation_prediction(r) for r in group) if p is not None]
+        new = [r["predicted"] for r in group if r.get("validation_split_half") is not None]
+        if pairs and same:
+            lines.append(f"| {task} | {steps} | {repeats} | {n} | {m} | {len(group)} | {fmt(pairs)} | {fmt(same)} | "
+                         f"{fmt(new)}{f' ({len(new)})' if new else ''} | "
                          f"{sum(not r['called_stable'] for r in group)} of {len(group)} | "
                          f"{statistics.median(r['seconds'] for r in group):.0f} |")
     return "\n".join(lines)

@@ -199,6 +199,9 @@ def test_every_finished_draw_is_checkpointed_and_reused(tmp_path, monkeypatch):
     resumed = compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
     assert len(runs) == 2 and len(fits) == 1  # draw 0 resumed from its checkpoint, draw 1 loaded, draw 2 computed
     torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-5, atol=1e-8)
+    # the validation halves survive the interruption with the draws (draw 1's came from its checkpoint)
+    torch.testing.assert_close(resumed.validation_half_influence, uninterrupted.validation_half_influence,
+                               rtol=1e-5, atol=1e-8)
     assert not (tmp_path / "influence_checkpoint").exists()  # removed once the scores are saved
 
 
@@ -259,3 +262,106 @@ def test_predicted_reproducibility_matches_independent_runs_in_simulation():
     assert predicted_reproducibility(None, 1, 0.9) == pytest.approx(0.9)
     assert predicted_reproducibility(0.5, 3, 0.9) == pytest.approx(0.65)
     assert predicted_reproducibility(-0.2, 3, None) == -0.2 and predicted_reproducibility(None, 1, None) is None
+
+
+@pytest.mark.parametrize("estimator", ["datainf", "tracin", "exact"])
+def test_validation_halves_equal_runs_on_each_half(estimator):
+    """The influence against the first validation half equals a run whose validation set is that half, and the
+    second half's, recombined from the full influence by linearity, equals a run on the second half (float64)."""
+    model = with_lora(tiny_llama(torch.float64), randomize_b=True)
+    train, val = random_samples(9, seed=11), random_samples(7, seed=12)  # odd: halves of 3 and 4 samples
+    options = dict(FAST, estimator=estimator, batch_size=2)
+    full = compute_layer_influence(model, train, val, **options)
+    first = compute_layer_influence(model, train, val[:3], validation_split_half=False, **options)
+    second = compute_layer_influence(model, train, val[3:], validation_split_half=False, **options)
+    assert full.validation_half_fraction == pytest.approx(3 / 7)
+    assert first.validation_half_influence is None
+    f = full.validation_half_fraction
+    half = full.validation_half_influence.double()
+    torch.testing.assert_close(half, first.influence.double(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close((full.influence.double() - f * half) / (1 - f), second.influence.double(),
+                               rtol=1e-4, atol=1e-8)
+    a, b = full.validation_half_scores()
+    torch.testing.assert_close(a, first.block_scores(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(b, second.block_scores(), rtol=1e-4, atol=1e-8)
+
+
+def test_validation_halves_of_averaged_draws_and_the_report(tmp_path):
+    """With several draws the halves are normalised by their own draw's full scale (so the full influence is the
+    f-weighted mean of the two halves' averages), are saved and loaded, and enter the stability report."""
+    from hf_layerif.influence.protocol import average_validation_halves, normalise_draws
+    from hf_layerif.influence.scores import LayerInfluenceScores
+    from hf_layerif.influence.stability import spearman, split_half_step_up
+
+    gen = torch.Generator().manual_seed(3)
+    halves_a = [torch.randn(5, 8, generator=gen, dtype=torch.float64) * (r + 1) for r in range(3)]
+    halves_b = [torch.randn(5, 8, generator=gen, dtype=torch.float64) * (r + 1) for r in range(3)]
+    f = 0.5
+    draws = [f * a + (1 - f) * b for a, b in zip(halves_a, halves_b)]
+    scales = [d.abs().mean() for d in draws]
+    mean_scale = sum(scales) / 3
+    want_a = sum(a / s * mean_scale for a, s in zip(halves_a, scales)) / 3
+    got = average_validation_halves(draws, halves_a)
+    torch.testing.assert_close(got, want_a, rtol=1e-12, atol=1e-12)
+    assert average_validation_halves(draws, [halves_a[0], None, halves_a[2]]) is None
+    influence = normalise_draws(draws).mean(0)
+    scores = LayerInfluenceScores(influence, [f"b{i}" for i in range(5)], torch.ones(5), list(range(5)),
+                                  {"aggregation": "positive", "bootstrap_samples": 0}, {"name": "datainf"},
+                                  validation_half_influence=got, validation_half_fraction=f)
+    want_b = sum(b / s * mean_scale for b, s in zip(halves_b, scales)) / 3
+    q = spearman((-want_a.float().double()).clamp_min(0).sum(1), (-want_b).clamp_min(0).sum(1))
+    validation = scores.stability()["validation"]
+    assert validation["split_half_spearman"] == pytest.approx(q, abs=1e-9)
+    assert validation["full_size_spearman"] == pytest.approx(split_half_step_up(q))
+    assert scores.stability()["reproducibility"]["predicted_spearman"] == pytest.approx(split_half_step_up(q))
+    assert "validation halves" in scores.summary_table()
+    scores.save_pretrained(tmp_path)
+    loaded = LayerInfluenceScores.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.validation_half_influence, scores.validation_half_influence)
+    assert loaded.validation_half_fraction == f
+    with pytest.raises(ValueError, match="validation_half_fraction"):
+        LayerInfluenceScores(influence, [f"b{i}" for i in range(5)], torch.ones(5), list(range(5)), {}, {},
+                             validation_half_influence=got)
+
+
+def test_prediction_with_validation_halves_matches_independent_runs_in_simulation():
+    """Brute force with validation noise: block scores = signal + training-sample noise + validation-sample noise
+    (shared by a run's draws) + draw noise. From one run's figures (its draws' agreement, a redraw of its training
+    noise, the Spearman of its two validation halves, each half carrying √2 × the validation noise) the prediction
+    matches the mean Spearman between independent runs with new validation samples; without the halves it is the
+    agreement of runs sharing their validation samples, which over-predicts."""
+    import numpy as np
+
+    from hf_layerif.influence.stability import predicted_reproducibility, spearman, spearman_matrix
+
+    rng = np.random.default_rng(1)
+    blocks, k = 30, 3
+    signal = rng.normal(size=blocks)
+    # noise levels where runs agree at 0.6-0.8, the range in which a user decides whether to trust a ranking
+    for sample_sd, validation_sd, draw_sd in ((0.2, 0.4, 0.5), (0.15, 0.5, 0.3), (0.35, 0.2, 0.4), (0.1, 0.3, 0.2)):
+        predicted, without, observed = [], [], []
+        for _ in range(400):
+            def run(validation_noise, sample_sd=sample_sd, draw_sd=draw_sd):
+                draw_noise = draw_sd * rng.normal(size=(k, blocks))
+                training_noise = sample_sd * rng.normal(size=blocks)
+                return signal + training_noise + validation_noise + draw_noise, training_noise, draw_noise.mean(0)
+
+            validation_a = validation_sd * rng.normal(size=blocks)
+            # the full set's noise is the mean of its two halves' noises, each √2 × as large
+            half_1 = validation_a + validation_sd * rng.normal(size=blocks)
+            half_2 = 2 * validation_a - half_1
+            draws_a, training_a, noise_a = run(validation_a)
+            draws_b, _, _ = run(validation_sd * rng.normal(size=blocks))
+            r = spearman_matrix(draws_a)[np.triu_indices(k, 1)].mean()
+            shared = signal + noise_a + validation_a
+            s = spearman(shared + sample_sd * rng.normal(size=blocks), shared + sample_sd * rng.normal(size=blocks))
+            q = spearman(signal + training_a + noise_a + half_1, signal + training_a + noise_a + half_2)
+            predicted.append(predicted_reproducibility(r, k, s, q))
+            without.append(predicted_reproducibility(r, k, s))
+            observed.append(spearman(draws_a.mean(0), draws_b.mean(0)))
+        # within 0.04 and, the sum of three concave step-ups being cautious, never above by more than 0.01
+        gap = np.mean(predicted) - np.mean(observed)
+        assert -0.04 < gap < 0.01, (sample_sd, validation_sd, draw_sd, gap)
+        assert np.mean(without) > np.mean(observed) + 0.04  # the validation noise it cannot see
+    assert predicted_reproducibility(None, 1, None, 0.6) == pytest.approx(0.75)  # 2·0.6 / 1.6
+    assert predicted_reproducibility(0.5, 3, 0.9, 0.6) == pytest.approx(0.4)

@@ -52,6 +52,10 @@ class InfluenceArguments:
         aggregation: default block score: ``"positive"``, ``"all"``, ``"top_fraction"`` or ``"harmful"``.
         fraction: the fraction for ``"top_fraction"``.
         bootstrap_samples: bootstrap resamples of training samples for ranking stability (0 disables).
+        validation_split_half: also compute the influence against the first half of the validation samples (the
+            influence is linear in the mean validation gradient, so the second half's follows), from which the
+            stability report measures how much a new validation sample moves the ranking (METHOD §9). Costs one more
+            product per training chunk, and the estimator's second step once more.
         repeats: number of adapter draws to score and average (``target="lora"``). Draw r > 0 re-initialises the
             adapter (A from a seed derived from ``seed`` and r, B = 0) and, with ``fit_steps``, fits it again. Each
             draw's influence is divided by its mean |I| before averaging, so every draw weighs the same. ``None``
@@ -91,6 +95,9 @@ class InfluenceArguments:
                                                                   "top_fraction, harmful (hf_layerif.influence.scores.AGGREGATIONS)."})
     fraction: float = field(default=0.25, metadata={"help": "Fraction used by aggregation=top_fraction."})
     bootstrap_samples: int = field(default=200, metadata={"help": "Bootstrap resamples for ranking stability (0: off)."})
+    validation_split_half: bool = field(default=True, metadata={"help": "Also score against the first half of the "
+                                        "validation samples, so the stability report sees the noise of a new validation "
+                                        "sample (DataInf: two more reads of the stored gradients; exact, LiSSA: a second solve)."})
     repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})
     fit_steps: int | None = field(default=None, metadata={"help": "AdamW steps fitting the fresh scoring adapter to the training samples before scoring (default: 100 for a fresh adapter, 0 for a trained one; 0: score it as given)."})
     fit_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the adapter fit."})

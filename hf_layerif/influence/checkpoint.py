@@ -181,6 +181,8 @@ class ResumableAccumulator(ABC):
             return 0
         first = getattr(self, self.STATE_TENSORS[0])
         state = read_safetensors(self.spill_dir / self.STATE_FILE, device=str(first.device))
+        if any(name not in state for name in self.STATE_TENSORS):  # saved by a run that formed other statistics
+            return 0
         for name in self.STATE_TENSORS:
             getattr(self, name).copy_(state[name])
         self.rows_done = int(meta["rows_done"])
@@ -194,18 +196,24 @@ class ResumableAccumulator(ABC):
         remove_files_and_folder(self.spill_dir, self.gradients.file_names() + [self.STATE_FILE, self.STATE_META])
 
 
-def save_validation_gradients(spill_dir: Path, key: dict, v: list[torch.Tensor]) -> None:
-    """Keep the validation pass (mean gradient per block, [d_l] each) under ``key``."""
-    write_safetensors(spill_dir / _VALIDATION_FILE, {f"block_{l}": t for l, t in enumerate(v)})
+def save_validation_gradients(spill_dir: Path, key: dict, v: list[torch.Tensor],
+                              v_half: list[torch.Tensor] | None = None) -> None:
+    """Keep the validation pass (mean gradient per block, [d_l] each, and the first half's mean) under ``key``."""
+    tensors = {f"block_{l}": t for l, t in enumerate(v)}
+    if v_half is not None:
+        tensors.update({f"half_block_{l}": t for l, t in enumerate(v_half)})
+    write_safetensors(spill_dir / _VALIDATION_FILE, tensors)
     write_json(spill_dir / _VALIDATION_META, {"key": key})
 
 
-def load_validation_gradients(spill_dir: Path, key: dict, num_blocks: int) -> list[torch.Tensor] | None:
-    """The validation pass saved under ``key``, or None (none saved, or saved under another key)."""
+def load_validation_gradients(spill_dir: Path, key: dict, num_blocks: int
+                              ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
+    """The validation pass saved under ``key`` as (v, v_half), or None (none saved, or saved under another key)."""
     if not (spill_dir / _VALIDATION_META).exists() or read_json(spill_dir / _VALIDATION_META).get("key") != key:
         return None
     saved = read_safetensors(spill_dir / _VALIDATION_FILE)
-    return [saved[f"block_{l}"] for l in range(num_blocks)]
+    v_half = [saved[f"half_block_{l}"] for l in range(num_blocks)] if "half_block_0" in saved else None
+    return [saved[f"block_{l}"] for l in range(num_blocks)], v_half
 
 
 def save_training_progress(accumulator, key: dict, steps_done: int, losses: torch.Tensor) -> None:

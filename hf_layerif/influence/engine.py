@@ -60,6 +60,10 @@ class EngineResult(NamedTuple):
     settings: dict
     losses: torch.Tensor  # [n] float64, per-sample training loss
     accumulator: StreamingStatistics | GramAccumulator
+    # [L, n] float64: the influence against the mean gradient of the first ``validation_half_fraction`` of the
+    # validation samples (``validation_split_half``; None when off or with one validation sample)
+    influence_half: torch.Tensor | None = None
+    validation_half_fraction: float | None = None
 
 
 class InfluenceEngine:
@@ -262,25 +266,42 @@ class InfluenceEngine:
     # --- passes ---------------------------------------------------------------------------------------------
     def mean_gradient(self, loader: Iterable[dict], num_samples: int) -> list[torch.Tensor]:
         """v_l = (1/m) Σ_k ∇_{θ_l} ℓ(v_k): mean validation gradient of each block, [d_l] each."""
+        return self.validation_gradients(loader, num_samples)[0]
+
+    def validation_gradients(self, loader: Iterable[dict], num_samples: int
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """The validation pass: (v, v_half). v_l = (1/m) Σ_k ∇_{θ_l} ℓ(v_k) is the mean validation gradient of each
+        block, [d_l] each; v_half is the mean over the first ``m // 2`` validation samples in dataset order (None for
+        m < 2), which the stability report uses to measure the noise a new validation sample brings (influence is
+        linear in v; METHOD §9)."""
         sums: list[torch.Tensor] | None = None
+        half_sums: list[torch.Tensor] | None = None
+        half = num_samples // 2
         seen = 0
         with self.capture:
             for batch in tqdm(loader, desc="validation gradients", disable=not self.progress, leave=False):
                 grads, _ = self._batch_grads(batch, seen)
+                rows_in_half = max(0, min(grads[0].shape[0], half - seen))
                 seen += grads[0].shape[0]
                 block_sums = [g.sum(0) for g in grads]
                 sums = block_sums if sums is None else [s + b for s, b in zip(sums, block_sums)]
+                if rows_in_half:
+                    part = [g[:rows_in_half].sum(0) for g in grads]
+                    half_sums = part if half_sums is None else [s + b for s, b in zip(half_sums, part)]
         if sums is None or seen == 0:
             raise ValueError("the validation dataset is empty.")
         self._check_finite("validation")
         if seen != num_samples:
             raise RuntimeError(f"expected {num_samples} validation samples, the loader gave {seen}")
-        return [s / seen for s in sums]
+        v_half = [s / half for s in half_sums] if half_sums is not None else None
+        return [s / seen for s in sums], v_half
 
     def training_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
-                            spill_dir: Path | None = None, resume_key: dict | None = None, streaming: bool | None = None):
+                            spill_dir: Path | None = None, resume_key: dict | None = None, streaming: bool | None = None,
+                            v_half: list[torch.Tensor] | None = None):
         """The training pass: (accumulator, per-sample losses [n]). The accumulator is a
-        :class:`StreamingStatistics` (DataInf, TracIn: O(n·d)) or a :class:`GramAccumulator` (K for the others).
+        :class:`StreamingStatistics` (DataInf, TracIn: O(n·d)) or a :class:`GramAccumulator` (K for the others);
+        with ``v_half`` it also forms a_half = G v_half.
 
         With ``spill_dir`` and ``resume_key``, the state is saved every ``checkpoint_every`` steps and at the
         end of the pass; a later call with the same key resumes after the last saved step.
@@ -289,13 +310,14 @@ class InfluenceEngine:
         if self.streaming if streaming is None else streaming:
             keep = ESTIMATORS[self.args.estimator].stores_gradients
             acc = StreamingStatistics(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir,
-                                      self.store_dtype, keep_gradients=keep)
+                                      self.store_dtype, keep_gradients=keep, validation_half=v_half)
             route = ("stored gradients read twice" + (f", spilled to {spill_dir} beyond the budget" if spill_dir else "")
                      if keep else "no gradients stored")
             logger.info("%s in O(n·d): %s.", self.args.estimator, route)
         else:
             shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
-            acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard)
+            acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard,
+                                  validation_half=v_half)
         sharded = (isinstance(acc, StreamingStatistics) and self.accelerator is not None
                    and self.accelerator.num_processes > 1)
         if sharded:  # each process keeps only its own samples' gradients; w and G w are summed over processes
@@ -335,15 +357,30 @@ class InfluenceEngine:
         estimator = get_estimator(self.args)
         damping = acc.damping(self.args)
         ratio = curvature_ratio(acc.norms, damping)
-        per_group = estimator.from_statistics(acc, damping)
+        influence = self._per_block(estimator.from_statistics(acc, damping))
         if not estimator.uses_damping:
             damping = torch.zeros_like(damping)
+        return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)", "curvature_ratio": ratio}
+
+    def _per_block(self, per_group: torch.Tensor) -> torch.Tensor:
+        """[groups, n] influence summed into [L, n] float64, after checking it is finite."""
         if not torch.isfinite(per_group).all():
             raise FloatingPointError(f"The {self.args.estimator} estimator produced non-finite influence values; raise "
                                      "damping / damping_factor.")
         influence = torch.zeros(len(self.blocks), per_group.shape[1], dtype=torch.float64)
-        influence.index_add_(0, self.layout.group_to_block(), per_group)
-        return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)", "curvature_ratio": ratio}
+        influence.index_add_(0, self.layout.group_to_block(), per_group.to("cpu", torch.float64))
+        return influence
+
+    def estimate_half(self, acc: StreamingStatistics | GramAccumulator, a: torch.Tensor | None = None,
+                      K: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Influence [L, n] float64 against the first validation half (None when ``acc`` has no a_half): the same
+        estimator, λ and K (or stored gradients) as the full result, with a_half in place of a."""
+        if acc.a_half is None:
+            return None
+        if isinstance(acc, StreamingStatistics):
+            return self._per_block(get_estimator(self.args).from_statistics(acc.for_validation_half(),
+                                                                             acc.damping(self.args)))
+        return self.estimate(acc.a_half, K)[0]
 
     def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
@@ -371,14 +408,20 @@ class InfluenceEngine:
                         plan["stored_gradients"] / 2**30, spill_dir)
         try:
             checkpointing = spill_dir is not None and resume_key is not None
-            v = load_validation_gradients(spill_dir, resume_key, len(self.blocks)) if checkpointing else None
-            if v is None:
-                v = self.mean_gradient(eval_loader, num_eval)
+            saved = load_validation_gradients(spill_dir, resume_key, len(self.blocks)) if checkpointing else None
+            if saved is None:
+                v, v_half = self.validation_gradients(eval_loader, num_eval)
                 if checkpointing:
-                    save_validation_gradients(spill_dir, resume_key, v)
+                    save_validation_gradients(spill_dir, resume_key, v, v_half)
+            else:
+                v, v_half = saved
+            if not getattr(self.args, "validation_split_half", True):
+                v_half = None
             device = v[0].device
             v = [t.to(device) for t in v]
-            acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key)
+            v_half = None if v_half is None else [t.to(device) for t in v_half]
+            acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key, v_half=v_half)
+            K = None
             if isinstance(acc, StreamingStatistics):
                 influence, damping, settings = self.estimate_streaming(acc)
             else:
@@ -386,10 +429,12 @@ class InfluenceEngine:
                 if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
                     K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
                 influence, damping, settings = self.estimate(a, K)
+            influence_half = self.estimate_half(acc, K=K)
         finally:
             if temp is not None:
                 temp.cleanup()
-        return EngineResult(influence, damping, settings, losses, acc)
+        fraction = (num_eval // 2) / num_eval if influence_half is not None else None
+        return EngineResult(influence, damping, settings, losses, acc, influence_half, fraction)
 
 
 def _finite_rows(grads: list[torch.Tensor]) -> torch.Tensor:

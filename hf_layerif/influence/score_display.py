@@ -35,9 +35,15 @@ def scores_table(result, aggregation: str | None = None) -> str:
         lines.append(f"agreement across {rep['num_samples']} {'fitted ' if kind == 'fitted' else ''}adapter draws: "
                      f"pairwise Spearman mean {floor_to(rep['pairwise_spearman_mean']):.3f}, min "
                      f"{floor_to(rep['pairwise_spearman_min']):.3f}")
+    validation = result.stability().get("validation")
+    if validation:
+        lines.append(f"agreement of the two validation halves: Spearman {floor_to(validation['split_half_spearman']):.3f} "
+                     f"(a new validation set of the full size: {floor_to(validation['full_size_spearman']):.3f})")
     verdict = result.stability().get("reproducibility")
     if verdict:
-        lines.append(f"predicted Spearman with an independent run (new draws, resampled training set, same validation): "
+        what = ("new draws, resampled training and validation samples" if validation
+                else "new draws, resampled training set, same validation")
+        lines.append(f"predicted Spearman with an independent run ({what}): "
                      f"{floor_to(verdict['predicted_spearman']):.3f}" + ("" if verdict["stable"] else "  [UNSTABLE]"))
     return "\n".join(lines)
 

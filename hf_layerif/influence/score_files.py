@@ -44,6 +44,7 @@ def scores_json(scores, aggregations) -> dict[str, Any]:
         "block_scores": {agg: scores.block_scores(agg).tolist() for agg in aggregations},
         "stability": scores.stability(),
         "repeat_block_scores": None if scores.repeat_block_scores is None else scores.repeat_block_scores.tolist(),
+        "validation_half_fraction": scores.validation_half_fraction,
         "provenance": scores.provenance,
     }
 
@@ -57,6 +58,8 @@ def write_scores(scores, save_directory: str | os.PathLike, aggregations) -> Non
         tensors["train_losses"] = scores.train_losses.to(torch.float32)
     if scores.draw_influence is not None:
         tensors["draw_influence"] = scores.draw_influence.to(torch.float32).contiguous()
+    if scores.validation_half_influence is not None:
+        tensors["validation_half_influence"] = scores.validation_half_influence.to(torch.float32).contiguous()
     write_safetensors(path / INFLUENCE_FILE, tensors, metadata={"format": SCORES_FORMAT, "sign_convention": SIGN_CONVENTION})
     write_json(path / SCORES_JSON, scores_json(scores, aggregations))
 
@@ -79,5 +82,7 @@ def read_scores(repo_id_or_path: str | os.PathLike, revision: str | None = None)
         train_losses=tensors.get("train_losses"),
         repeat_block_scores=None if repeats is None else torch.tensor(repeats, dtype=torch.float64),
         draw_influence=tensors.get("draw_influence"),
+        validation_half_influence=tensors.get("validation_half_influence"),
+        validation_half_fraction=meta.get("validation_half_fraction"),
         _stability=meta.get("stability"),
     )

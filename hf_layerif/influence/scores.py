@@ -34,6 +34,8 @@ from .stability import (
     floor_to,
     predicted_reproducibility,
     reaches_threshold,
+    spearman,
+    split_half_step_up,
     summarize_block_score_samples,
     summarize_draws,
 )
@@ -112,6 +114,11 @@ class LayerInfluenceScores:
         repeat_block_scores: [repeats, num_blocks] block scores of repeated adapter initialisations (or None).
         draw_influence: [repeats, num_blocks, num_train] the normalised influence matrix of each adapter draw (or
             None), so that another aggregation has its own draw statistics (:meth:`with_reporting`).
+        validation_half_influence: [num_blocks, num_train] the influence against the mean gradient of the first
+            ``validation_half_fraction`` of the validation samples (averaged over draws like ``influence``), or
+            None. Influence is linear in that gradient, so the second half's is (influence − f · this) / (1 − f);
+            the stability report compares the two halves' rankings.
+        validation_half_fraction: f = (m // 2) / m for m validation samples (None without the halves).
     """
 
     influence: torch.Tensor
@@ -124,6 +131,8 @@ class LayerInfluenceScores:
     train_losses: torch.Tensor | None = None
     repeat_block_scores: torch.Tensor | None = None
     draw_influence: torch.Tensor | None = None
+    validation_half_influence: torch.Tensor | None = None
+    validation_half_fraction: float | None = None
     # the stability of the default reporting settings, computed once (a cache of a pure function of the fields)
     _stability: dict | None = field(default=None, repr=False, compare=False)
 
@@ -131,6 +140,14 @@ class LayerInfluenceScores:
         if self.influence.dim() != 2 or self.influence.shape[0] != len(self.block_names):
             raise ValueError(f"influence must be [num_blocks={len(self.block_names)}, num_train], got {tuple(self.influence.shape)}")
         object.__setattr__(self, "influence", self.influence.to(torch.float32))
+        half = self.validation_half_influence
+        if half is not None:
+            if tuple(half.shape) != tuple(self.influence.shape):
+                raise ValueError(f"validation_half_influence must have the influence's shape {tuple(self.influence.shape)}, "
+                                 f"got {tuple(half.shape)}")
+            if self.validation_half_fraction is None or not 0 < self.validation_half_fraction < 1:
+                raise ValueError("validation_half_influence needs validation_half_fraction in (0, 1).")
+            object.__setattr__(self, "validation_half_influence", half.to(torch.float32))
 
     @property
     def num_blocks(self) -> int:
@@ -153,6 +170,20 @@ class LayerInfluenceScores:
         fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
         return aggregate_block_scores(self.influence, aggregation, fraction)
 
+    def validation_half_scores(self, aggregation: str | None = None, fraction: float | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Block scores [num_blocks] float64 against the first and the second half of the validation samples (None
+        when the run did not form the halves)."""
+        if self.validation_half_influence is None:
+            return None
+        aggregation = aggregation or self.arguments.get("aggregation", "positive")
+        fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
+        f = float(self.validation_half_fraction)
+        first = self.validation_half_influence.to(torch.float64)
+        second = (self.influence.to(torch.float64) - f * first) / (1 - f)
+        return (aggregate_block_scores(first, aggregation, fraction),
+                aggregate_block_scores(second, aggregation, fraction))
+
     def ranking(self, aggregation: str | None = None) -> list[int]:
         """Block indices from the highest to the lowest score."""
         scores = self.block_scores(aggregation)
@@ -164,8 +195,10 @@ class LayerInfluenceScores:
 
         Returns a dict with per-block ``mean``, ``std``, ``p05``, ``p95``, Spearman of resampled rankings to the
         full-data ranking (``spearman_to_full_mean`` / ``_p05``), ``pairwise_spearman_mean``, ``stable``, and
-        when repeats were run, the same statistics over adapter initialisations under ``repeats``; under
-        ``reproducibility`` the verdict: the Spearman predicted between this run's ranking and an independent
+        when repeats were run, the same statistics over adapter initialisations under ``repeats``; when the run
+        formed the validation halves, under ``validation`` the Spearman between the two halves' rankings
+        (``split_half_spearman``) and what it gives for a new validation set of the full size
+        (``full_size_spearman``); under ``reproducibility`` the verdict: the Spearman predicted between this run's ranking and an independent
         run's (:func:`~hf_layerif.influence.stability.predicted_reproducibility`) and ``stable`` (it reaches
         :data:`UNSTABLE_SPEARMAN`).
         """
@@ -190,14 +223,22 @@ class LayerInfluenceScores:
                 draws = None  # scores of an older version kept the per-draw scores of their own aggregation only
             if draws is not None:
                 result["repeats"] = summarize_draws(draws, reference)
+        halves = self.validation_half_scores(aggregation, fraction)
+        if halves is not None:
+            q = spearman(halves[0].numpy(), halves[1].numpy())
+            result["validation"] = {"split_half_spearman": q, "full_size_spearman": split_half_step_up(q),
+                                    "half_fraction": float(self.validation_half_fraction)}
         draws = result.get("repeats")
         boot = result.get("bootstrap")
+        validation = result.get("validation")
         predicted = predicted_reproducibility(draws["pairwise_spearman_mean"] if draws else None,
                                               draws["num_samples"] if draws else 1,
-                                              boot["pairwise_spearman_mean"] if boot else None)
+                                              boot["pairwise_spearman_mean"] if boot else None,
+                                              validation["split_half_spearman"] if validation else None)
         if predicted is not None:
             result["reproducibility"] = {"predicted_spearman": predicted, "stable": reaches_threshold(predicted),
-                                         "draws_averaged": draws["num_samples"] if draws else 1}
+                                         "draws_averaged": draws["num_samples"] if draws else 1,
+                                         "new_validation_samples": validation is not None}
         if default:
             object.__setattr__(self, "_stability", result)
         return result
@@ -238,8 +279,8 @@ class LayerInfluenceScores:
 
     def warn_if_unstable(self) -> bool:
         """Log one warning when the ranking is predicted to reproduce below :data:`UNSTABLE_SPEARMAN` across
-        independent runs of the protocol (new draws, a resampled training set, the same validation samples), naming
-        the larger source of noise and its fix;
+        independent runs of the protocol (new draws, a resampled training set and, when the run formed the
+        validation halves, new validation samples), naming the largest source of noise and its fix;
         return True then. (Scores saved without the prediction: the weaker of the bootstrap and draw figures.)"""
         info = self.stability()
         figures = self.agreement()
@@ -247,23 +288,28 @@ class LayerInfluenceScores:
             value = figures["reproducibility"]
             if reaches_threshold(value):
                 return False
-            draws, boot = info.get("repeats"), info.get("bootstrap")
+            draws, boot, validation = info.get("repeats"), info.get("bootstrap"), info.get("validation")
             k = draws["num_samples"] if draws else 1
-            # what each source of noise costs the prediction (1 - r_k and 1 - s, see predicted_reproducibility)
-            draw_noise = 1.0 - predicted_reproducibility(draws["pairwise_spearman_mean"], k, None) if draws else 0.0
-            sample_noise = 1.0 - boot["pairwise_spearman_mean"] if boot else 0.0
+            # what each source of noise costs the prediction (1 - r_k, 1 - s, 1 - u; see predicted_reproducibility)
+            costs = {"draws": 1.0 - predicted_reproducibility(draws["pairwise_spearman_mean"], k, None) if draws else 0.0,
+                     "training": 1.0 - boot["pairwise_spearman_mean"] if boot else 0.0,
+                     "validation": 1.0 - validation["full_size_spearman"] if validation else 0.0}
             parts = []
             if draws:
                 parts.append(f"{k} adapter draws averaged, agreeing pairwise at {floor_to(draws['pairwise_spearman_mean']):.3f}")
             if boot:
                 parts.append(f"bootstrap resamples of the training samples agreeing at "
                              f"{floor_to(boot['pairwise_spearman_mean']):.3f}")
-            fix = ("Average more draws (repeats=) or fit the scoring adapter longer (fit_steps=)"
-                   if draw_noise >= sample_noise else "Score more training samples")
+            if validation:
+                parts.append(f"the two halves of the validation samples agreeing at "
+                             f"{floor_to(validation['split_half_spearman']):.3f}")
+            fix = {"draws": "Average more draws (repeats=) or fit the scoring adapter longer (fit_steps=)",
+                   "training": "Score more training samples",
+                   "validation": "Use more validation samples"}[max(costs, key=costs.get)]
+            runs = ("new validation samples" if validation else "the same validation samples")
             logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f across "
-                           "independent runs of this protocol with the same validation samples (%s), below %.1f. %s before "
-                           "acting on it.",
-                           floor_to(value), "; ".join(parts), UNSTABLE_SPEARMAN, fix)
+                           "independent runs of this protocol with %s (%s), below %.1f. %s before acting on it.",
+                           floor_to(value), runs, "; ".join(parts), UNSTABLE_SPEARMAN, fix)
             return True
         if not figures:
             return False

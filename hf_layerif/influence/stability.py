@@ -64,23 +64,37 @@ def summarize_draws(draw_scores: np.ndarray, reference: np.ndarray) -> dict:
     return summary
 
 
-def predicted_reproducibility(draw_agreement: float | None, draws: int, sample_agreement: float | None) -> float | None:
-    """Predicted Spearman between the block rankings of two independent runs of one scoring protocol (new adapter
-    draws and a new training sample of the same size, the same validation samples), from what one run measures
-    about itself. Not seen: a new validation sample, and the adapter fit's dependence on the training sample (the
-    draws refit on the same samples; the bootstrap resamples the scores without refitting); docs/FIDELITY.md §3.
+def split_half_step_up(split_half: float) -> float:
+    """Agreement of two rankings from independent *full* validation sets, from the Spearman ``split_half`` of the
+    rankings from the two halves of one set (Spearman–Brown with two halves: 2q / (1 + q); a q ≤ 0 is returned as
+    is)."""
+    q = float(split_half)
+    return 2 * q / (1 + q) if q > 0 else q
 
-    Model: a run's averaged block scores are signal + sample noise (shared by its draws) + draw noise / k, with
-    variances S, P and D / k, and T = S + P + D / k.
+
+def predicted_reproducibility(draw_agreement: float | None, draws: int, sample_agreement: float | None,
+                              validation_split_half: float | None = None) -> float | None:
+    """Predicted Spearman between the block rankings of two independent runs of one scoring protocol (new adapter
+    draws, a new training sample of the same size and, when ``validation_split_half`` is given, a new validation
+    sample of the same size), from what one run measures about itself. Not seen: the adapter fit's dependence on
+    the training sample (the draws refit on the same samples; the bootstrap resamples the scores without
+    refitting); docs/FIDELITY.md §3.
+
+    Model: a run's averaged block scores are signal + training-sample noise + validation-sample noise (both
+    shared by its draws) + draw noise / k, with variances S, P, V and D / k, and T = S + P + V + D / k.
 
     - ``draw_agreement`` = r, the mean pairwise Spearman of the run's ``draws`` = k single draws: by
       Spearman–Brown, two means of k draws on the same samples agree at r_k = k·r / (1 + (k − 1)·r) = (T − D/k) / T.
     - ``sample_agreement`` = s, the mean pairwise Spearman of bootstrap resamples of the training samples (each
       resample deviates from the full sample about as a new sample would; the draws stay fixed): s = (T − P) / T.
-    - Two independent runs share only the signal: ρ = S / T = r_k + s − 1.
+    - ``validation_split_half`` = q, the Spearman between the rankings scored against the two halves of the
+      validation samples (same draws, same training samples; each half's noise is 2V): q = (T − V) / (T + V), so a
+      new validation set of the full size agrees at u = 2q / (1 + q) = (T − V) / T (:func:`split_half_step_up`).
+    - Two independent runs share only the signal: ρ = S / T = r_k + s + u − 2 (without the validation figure,
+      r_k + s − 1: the agreement of runs that share their validation samples).
 
-    With one of the two figures missing (one draw; no bootstrap) the other alone is returned (r_k or s); with
-    neither, None. Correlations of ranks follow this model of values closely (tested by simulation).
+    Figures that are missing (one draw; no bootstrap; one validation sample) are left out of the sum; with none,
+    None. Correlations of ranks follow this model of values closely (tested by simulation).
     """
     parts = []
     if draw_agreement is not None:
@@ -89,6 +103,8 @@ def predicted_reproducibility(draw_agreement: float | None, draws: int, sample_a
         parts.append(k * r / (1 + (k - 1) * r) if r > 0 else r)
     if sample_agreement is not None:
         parts.append(float(sample_agreement))
+    if validation_split_half is not None:
+        parts.append(split_half_step_up(validation_split_half))
     if not parts:
         return None
     return float(sum(parts) - (len(parts) - 1))

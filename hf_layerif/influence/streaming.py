@@ -20,6 +20,7 @@ of gradients (≤ ``memory_budget_bytes``), and w (Σ d values).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 
@@ -45,6 +46,9 @@ class StreamingStatistics(ResumableAccumulator):
         spill_dir: folder for spilled windows and the resumable state (``None``: everything must fit the budget).
         store_dtype: dtype of stored gradients.
         keep_gradients: store gradients for the later reads (DataInf); TracIn needs none.
+        validation_half: the mean gradient of the first half of the validation samples, [d_l] per block (or None):
+            ``a_half`` = G v_half is formed beside ``a`` (one more product per chunk) and
+            :meth:`for_validation_half` gives the statistics that score against that half.
     """
 
     STATE_TENSORS = ("a", "norms")
@@ -53,7 +57,8 @@ class StreamingStatistics(ResumableAccumulator):
 
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
-                 store_dtype: torch.dtype | None = None, keep_gradients: bool = True):
+                 store_dtype: torch.dtype | None = None, keep_gradients: bool = True,
+                 validation_half: list[torch.Tensor] | None = None):
         self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
                          store_dtype, over_budget_hint="Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
                          "gradient_dtype='bfloat16', or estimator='tracin' (which stores none).")
@@ -62,6 +67,11 @@ class StreamingStatistics(ResumableAccumulator):
         groups = layout.num_groups
         self.a = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
         self.norms = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
+        self.v_half = validation_half
+        self.a_half = None
+        if validation_half is not None:
+            self.a_half = torch.zeros(groups, num_samples, dtype=compute_dtype, device=device)
+            self.STATE_TENSORS = (*type(self).STATE_TENSORS, "a_half")
         self.rows_done = 0
         # a multi-process run sums w and G w over the processes, each holding only its own samples' gradients
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -75,7 +85,8 @@ class StreamingStatistics(ResumableAccumulator):
                 g += 1
 
     def local_statistics(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """[c, 2 × groups]: a = g · v and ‖g‖² of each group for each row of a chunk (no host sync)."""
+        """[c, 2 × groups] (3 × groups with ``validation_half``): a = g · v, ‖g‖² and a_half = g · v_half of each
+        group for each row of a chunk (no host sync)."""
         compute = [g.to(self.compute_dtype) for g in grads]
         columns = []
         for _, l, lo, hi in self._group_columns():
@@ -83,17 +94,23 @@ class StreamingStatistics(ResumableAccumulator):
             columns.append(block @ self.v[l][lo:hi].to(block.device, self.compute_dtype))
         for _, l, lo, hi in self._group_columns():
             columns.append(compute[l][:, lo:hi].pow(2).sum(1))
+        if self.v_half is not None:
+            for _, l, lo, hi in self._group_columns():
+                block = compute[l][:, lo:hi]
+                columns.append(block @ self.v_half[l][lo:hi].to(block.device, self.compute_dtype))
         return torch.stack(columns, dim=1)
 
     def add_statistics(self, stats: torch.Tensor) -> int:
-        """Record the [c, 2 × groups] statistics of the next c samples (dataset order); returns their first index."""
+        """Record the [c, 2 × groups] (or 3 × groups) statistics of the next c samples (dataset order); returns their first index."""
         c = stats.shape[0]
         if self.rows_done + c > self.n:
             raise ValueError(f"more samples than announced ({self.rows_done + c} > {self.n})")
         start = self.rows_done
         groups = self.layout.num_groups
         self.a[:, start:start + c] = stats[:, :groups].T.to(self.a.device, self.compute_dtype)
-        self.norms[:, start:start + c] = stats[:, groups:].T.to(self.norms.device, self.compute_dtype)
+        self.norms[:, start:start + c] = stats[:, groups:2 * groups].T.to(self.norms.device, self.compute_dtype)
+        if self.a_half is not None:
+            self.a_half[:, start:start + c] = stats[:, 2 * groups:].T.to(self.a_half.device, self.compute_dtype)
         self.rows_done += c
         return start
 
@@ -103,6 +120,16 @@ class StreamingStatistics(ResumableAccumulator):
         if self.keep_gradients:
             c = grads[0].shape[0]
             self.store(grads, torch.arange(start, start + c, device=self.a.device))
+
+    def for_validation_half(self) -> StreamingStatistics:
+        """The same statistics scored against the first validation half (``a`` replaced by ``a_half``; the norms, λ
+        and the stored gradients are shared): an estimator's :meth:`from_statistics` on it gives that half's
+        influence. DataInf reads the stored gradients twice more."""
+        if self.a_half is None:
+            raise ValueError("these statistics were accumulated without validation_half")
+        half = copy.copy(self)
+        half.a = self.a_half
+        return half
 
     def store(self, grads: list[torch.Tensor], indices: torch.Tensor) -> None:
         """Keep gradient rows (one [c, d_l] tensor per block) of the samples ``indices`` [c] for the later reads."""
