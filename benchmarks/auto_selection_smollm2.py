@@ -20,6 +20,14 @@ pruned again (its WikiText-2 perplexity must reproduce the grid's) and scored by
     OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --cost
     OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --write_results benchmarks/RESULTS.md
     OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --zero_shot --write_results benchmarks/RESULTS.md
+    OMP_NUM_THREADS=1 python benchmarks/auto_selection_smollm2.py --objective_fidelity --write_results benchmarks/RESULTS.md
+
+Objective fidelity (``--objective_fidelity``): does the selection objective (mean token loss on held-out C4
+windows) order OWL and uniform as WikiText-2 perplexity and zero-shot accuracy do, and does a larger selection split
+help? For each calibration draw, the Wanda uniform and OWL models of the grid are pruned again (their WikiText-2
+perplexity must reproduce the grid's) and their per-window losses recorded on ``--fidelity_windows`` selection
+windows for each of ``--fidelity_selection_seeds`` (drawn as ``allocation="auto"`` draws them, from the documents
+calibration did not read); the first k windows are the objective of a k-window split.
 
 Rows are appended to ``--jsonl`` as they come (a re-run skips the rows already there); ``--write_results`` rewrites
 the marked block of RESULTS.md from them.
@@ -46,6 +54,7 @@ from smollm2 import load_smollm2  # noqa: E402
 BLOCK = "auto-selection"
 COST_BLOCK = "auto-selection-cost"
 ZERO_SHOT_BLOCK = "auto-selection-zero-shot"
+FIDELITY_BLOCK = "auto-selection-objective"
 
 
 def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
@@ -199,6 +208,12 @@ def main() -> None:
     parser.add_argument("--zero_shot_limit", type=int, default=200, help="items per zero-shot task (the first ones)")
     parser.add_argument("--zero_shot_methods", default="wanda,sparsegpt")
     parser.add_argument("--zero_shot_jsonl", default="benchmarks/figures/auto_selection_zero_shot_smollm2.jsonl")
+    parser.add_argument("--objective_fidelity", action="store_true",
+                        help="selection objective against WikiText-2 and zero-shot for Wanda uniform vs OWL")
+    parser.add_argument("--fidelity_sparsities", default="0.5")
+    parser.add_argument("--fidelity_windows", type=int, default=128)
+    parser.add_argument("--fidelity_selection_seeds", default="1,2,3")
+    parser.add_argument("--fidelity_jsonl", default="benchmarks/figures/auto_selection_objective_smollm2.jsonl")
     parser.add_argument("--write_results", default=None, nargs="*",
                         help="Markdown files whose marked blocks are rewritten (RESULTS.md, README.md)")
     parser.add_argument("--summarize_only", action="store_true", help="rewrite the marked blocks from the saved rows")
@@ -250,6 +265,12 @@ def main() -> None:
         return
     if args.zero_shot:
         run_zero_shot(args, fresh, tokenizer, task_scores, c4_file, wiki_test)
+        write_blocks(args)
+        return
+    if args.objective_fidelity:
+        run_objective_fidelity(args, fresh, tokenizer, c4_file, wiki_test)
+        print(objective_fidelity_table(ResultRows(args.jsonl).rows(), ResultRows(args.fidelity_jsonl).rows(),
+                                       ResultRows(args.zero_shot_jsonl).rows()))
         write_blocks(args)
         return
 
@@ -378,6 +399,106 @@ def run_zero_shot(args, fresh, tokenizer, task_scores, c4_file: str, wiki_test: 
         print(f"zero-shot {key}: {time.time() - started:.0f} s", flush=True)
 
 
+def run_objective_fidelity(args, fresh, tokenizer, c4_file: str, wiki_test: str) -> None:
+    """Per-window selection losses [windows] of the grid's Wanda uniform and OWL models, per calibration draw and
+    selection seed (rows in ``--fidelity_jsonl``)."""
+    from hf_layerif.allocation import sparsity_allocation
+    from hf_layerif.allocation.owl import layerwise_outlier_distribution
+    from hf_layerif.calibration import get_calibration_and_selection_data
+    from hf_layerif.pruning import LayerIFPruner, PruningConfig, perplexity
+
+    grid = ResultRows(args.jsonl).rows()
+    out = ResultRows(args.fidelity_jsonl)
+    selection_seeds = [int(s) for s in args.fidelity_selection_seeds.split(",")]
+    for calib in (int(s) for s in args.calibration_seeds.split(",")):
+        ids = lod = None
+        for sparsity in (float(s) for s in args.fidelity_sparsities.split(",")):
+            for allocation in ("uniform", "owl"):
+                cell = {"method": "wanda", "sparsity": sparsity, "calibration_seed": calib, "allocation": allocation}
+                key = {**cell, "windows": args.fidelity_windows, "selection_seeds": selection_seeds}
+                if out.has(key):
+                    continue
+                expected = [r for r in grid if r["key"] == cell]
+                if not expected:
+                    continue
+                started = time.time()
+                splits = {}
+                for seed in selection_seeds:
+                    ids, splits[seed] = get_calibration_and_selection_data(
+                        tokenizer, c4_file, args.nsamples, args.seqlen, calib, args.fidelity_windows, seed)
+                if lod is None:
+                    lod = layerwise_outlier_distribution(fresh(), ids, progress=False)
+                model = fresh()
+                ratios = sparsity_allocation(None, sparsity, model=model, method=allocation,
+                                             outlier_ratios=lod if allocation == "owl" else None)
+                pruner = LayerIFPruner(model, tokenizer)
+                pruner.prune(PruningConfig(method="wanda", sparsity=sparsity, nsamples=args.nsamples, seqlen=args.seqlen,
+                                           seed=calib, calibration=c4_file, allocation=ratios), ids, progress=False)
+                ppl = perplexity(pruner.model, tokenizer, wiki_test, seqlen=512, max_windows=args.eval_windows)
+                if abs(ppl / expected[0]["wikitext2_ppl"] - 1) > 1e-4:
+                    raise RuntimeError(f"{cell}: rebuilt model has WikiText-2 perplexity {ppl:.4f}, the grid recorded "
+                                       f"{expected[0]['wikitext2_ppl']:.4f}; it is not the same model")
+                losses = {str(seed): window_losses(pruner.model, split) for seed, split in splits.items()}
+                out.record(key, {"wikitext2_ppl": ppl, "window_losses": losses, "seconds": time.time() - started})
+
+
+@torch.no_grad()
+def window_losses(model, ids: torch.Tensor, batch_size: int = 8) -> list[float]:
+    """Mean next-token cross-entropy (nats/token) of each window of ``ids`` [k, seqlen]: their mean is the selection
+    objective of the split (every window has seqlen − 1 targets)."""
+    model.eval()
+    out = []
+    for start in range(0, ids.shape[0], batch_size):
+        batch = ids[start:start + batch_size]
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        out.extend(loss.mean(1).double().tolist())
+    return out
+
+
+def objective_fidelity_table(grid: list[dict], rows: list[dict], zero_shot_rows: list[dict],
+                             sizes: tuple[int, ...] = (8, 16, 32, 64, 128)) -> str:
+    """Markdown: per sparsity and selection-split size k, the objective's OWL − uniform difference (first k windows
+    of each selection seed, per calibration draw), how often it prefers OWL, and how often its preference matches
+    WikiText-2 perplexity's and zero-shot accuracy's on the same calibration draw."""
+    def zero_shot(cell: dict) -> float | None:
+        for r in zero_shot_rows:
+            key = r["key"]
+            if (key.get("candidate") == cell["allocation"] and key.get("method") == "wanda"
+                    and key.get("sparsity") == cell["sparsity"] and key.get("calibration_seed") == cell["calibration_seed"]):
+                return r["mean_acc_norm"]
+        return None
+
+    by_cell = {(r["key"]["sparsity"], r["key"]["calibration_seed"], r["key"]["allocation"]): r for r in rows}
+    lines = ["| sparsity | selection windows | runs (calibration × selection draws) | OWL − uniform objective, "
+             "mean [min, max] (millinats/token) | objective prefers OWL | agrees with WikiText-2 | agrees with zero-shot |",
+             "|---|---|---|---|---|---|---|"]
+    for sparsity in sorted({k[0] for k in by_cell}):
+        seeds = sorted({k[1] for k in by_cell if k[0] == sparsity and (k[0], k[1], "owl") in by_cell
+                        and (k[0], k[1], "uniform") in by_cell})
+        for size in sizes:
+            diffs, wiki_agree, zs_agree, zs_runs = [], 0, 0, 0
+            for calib in seeds:
+                owl, uniform = by_cell[sparsity, calib, "owl"], by_cell[sparsity, calib, "uniform"]
+                if size > len(next(iter(owl["window_losses"].values()))):
+                    continue
+                wiki_prefers_owl = owl["wikitext2_ppl"] < uniform["wikitext2_ppl"]
+                accs = [zero_shot({"allocation": a, "sparsity": sparsity, "calibration_seed": calib})
+                        for a in ("owl", "uniform")]
+                for seed, losses in owl["window_losses"].items():
+                    diff = statistics.mean(losses[:size]) - statistics.mean(uniform["window_losses"][seed][:size])
+                    diffs.append(diff)
+                    wiki_agree += (diff < 0) == wiki_prefers_owl
+                    if None not in accs:
+                        zs_runs += 1
+                        zs_agree += (diff < 0) == (accs[0] > accs[1])
+            if diffs:
+                lines.append(f"| {sparsity:.0%} | {size} | {len(diffs)} | {1000 * statistics.mean(diffs):+.1f} "
+                             f"[{1000 * min(diffs):+.1f}, {1000 * max(diffs):+.1f}] | {sum(d < 0 for d in diffs)}/{len(diffs)} | "
+                             f"{wiki_agree}/{len(diffs)} | {f'{zs_agree}/{zs_runs}' if zs_runs else '—'} |")
+    return "\n".join(lines)
+
+
 def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str:
     """Markdown: per (method, sparsity, scoring task), the zero-shot mean acc_norm of auto's choice paired against
     uniform and OWL on the same calibration draw (points, mean [min, max] over the auto runs), and per-task means."""
@@ -438,6 +559,10 @@ def write_blocks(args) -> None:
         replace_block(path, BLOCK, summarize(ResultRows(args.jsonl).rows(), args.tasks.split(",")))
         if Path(args.cost_json).exists():
             replace_block(path, COST_BLOCK, cost_table(json.loads(Path(args.cost_json).read_text())))
+        if Path(args.fidelity_jsonl).exists() and FIDELITY_BLOCK in Path(path).read_text(encoding="utf-8"):
+            replace_block(path, FIDELITY_BLOCK, objective_fidelity_table(ResultRows(args.jsonl).rows(),
+                                                                         ResultRows(args.fidelity_jsonl).rows(),
+                                                                         ResultRows(args.zero_shot_jsonl).rows()))
         if Path(args.zero_shot_jsonl).exists() and ZERO_SHOT_BLOCK in Path(path).read_text(encoding="utf-8"):
             replace_block(path, ZERO_SHOT_BLOCK, zero_shot_table(ResultRows(args.jsonl).rows(),
                                                                  ResultRows(args.zero_shot_jsonl).rows(),
