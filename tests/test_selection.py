@@ -55,6 +55,8 @@ def test_in_flight_candidates_equal_separate_prunes(method):
                 assert torch.equal(weight, block.get_submodule(name).weight.detach())
         assert result.loss == pytest.approx(model_loss(reference, selection, batch_size=3), rel=1e-6)
         assert result.tokens == selection.shape[0] * (selection.shape[1] - 1)
+        per_window = [model_loss(reference, selection[i:i + 1]) for i in range(selection.shape[0])]
+        assert result.sequence_losses == pytest.approx(per_window, rel=1e-5)
         assert [m.requested for m in result.modules][::7] == ratios
 
 
@@ -109,7 +111,7 @@ def test_finished_stages_are_not_recomputed(tmp_path, monkeypatch):
     first = LayerIFPruner(tiny_llama(layers=4)).prune(_auto(), calibration, progress=False, selection_dataset=selection,
                                                       selection_dir=tmp_path).extra["selection"]
     state = json.loads((tmp_path / "selection_state.json").read_text())
-    assert set(state) == {"key", "screen", "final"}
+    assert set(state) == {"key", "screen", "final", "final_sequences"}
     passes = []
     real = selection_module.prune_in_flight
 
@@ -123,6 +125,7 @@ def test_finished_stages_are_not_recomputed(tmp_path, monkeypatch):
                                        selection_dir=tmp_path).extra["selection"]
     assert passes == [1]  # only the chosen candidate is pruned again, to rebuild its weights
     assert again["chosen"] == first["chosen"] and again["chosen_loss"] == first["chosen_loss"]
+    assert [r["delta_se"] for r in again["candidates"]] == [r["delta_se"] for r in first["candidates"]]  # kept too
     assert model_loss(model, selection, batch_size=3) == pytest.approx(first["chosen_loss"], rel=1e-6)
     # other settings do not reuse the saved stages
     passes.clear()
@@ -252,3 +255,65 @@ def test_screening_reads_its_subset_and_finalists_all_calibration():
     subset = layerwise_outlier_distribution(tiny_llama(layers=4), calibration[:4], batch_size=3, progress=False)
     whole = layerwise_outlier_distribution(tiny_llama(layers=4), calibration, batch_size=3, progress=False)
     assert subset != whole  # the two stages really read different calibration
+
+
+@pytest.mark.parametrize("screen_fraction", [0.25, 1.0])
+def test_record_gives_each_finalist_its_paired_margin_to_uniform(screen_fraction):
+    """delta_to_uniform and delta_se against brute force: each finalist pruned on its own, its loss on each
+    selection window minus uniform's on the same window (float64), mean and std(ddof=1)/√n."""
+    import math
+
+    model = tiny_llama(layers=4)
+    calibration, selection = _ids(8), _ids(6, seed=1)
+    config = _auto(screen_fraction=screen_fraction, candidates="uniform,layerif,layerif:reverse=true")
+    record = LayerIFPruner(model).prune(config, calibration, progress=False,
+                                        selection_dataset=selection).extra["selection"]
+
+    def windows(ratios):
+        reference = tiny_llama(layers=4)
+        allocation = Allocation.from_values(ratios, "sparsity", reference)
+        LayerIFPruner(reference).prune(PruningConfig(method="wanda", sparsity=allocation.achieved_sparsity,
+                                                     allocation=allocation, batch_size=3), calibration, progress=False)
+        return [model_loss(reference, selection[i:i + 1]) for i in range(selection.shape[0])]
+
+    rows = {r["name"]: r for r in record["candidates"]}
+    uniform = windows(rows["uniform"]["ratios"])
+    checked = 0
+    for name in record["finalists"]:
+        diffs = [a - b for a, b in zip(windows(rows[name]["ratios"]), uniform)]
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        assert rows[name]["delta_to_uniform"] == pytest.approx(mean, abs=1e-6)
+        assert rows[name]["delta_se"] == pytest.approx(se, rel=1e-4, abs=1e-7)
+        checked += 1
+    assert checked == len(record["finalists"]) >= 2
+    assert all(rows[n]["delta_to_uniform"] is None for n in rows if n not in record["finalists"])
+    assert "± " in selection_table(record)
+
+
+def test_paired_margins_by_hand():
+    from hf_layerif.pruning.selection import paired_margins
+
+    margins = paired_margins({"uniform": [1.0, 2.0, 3.0], "a": [0.9, 1.8, 3.1], "b": [1.0]}, ["uniform", "a", "b"])
+    assert margins["uniform"] == (0.0, 0.0) and "b" not in margins  # different sequence count: left out
+    diffs = [-0.1, -0.2, 0.1]
+    mean = sum(diffs) / 3
+    assert margins["a"][0] == pytest.approx(mean)
+    assert margins["a"][1] == pytest.approx((sum((d - mean) ** 2 for d in diffs) / 2 / 3) ** 0.5)
+    assert paired_margins({"a": [1.0]}, ["a"]) == {}
+
+
+def test_a_close_call_is_flagged(caplog):
+    from hf_layerif.pruning.selection import warn_if_close_call
+    from hf_layerif.utils.logging import get_logger
+
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        assert warn_if_close_call("owl", {"owl": (-0.01, 0.008)}, 16)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "under two standard errors" in caplog.text and "selection_nsamples" in caplog.text
+    assert not warn_if_close_call("owl", {"owl": (-0.02, 0.008)}, 16)  # 2.5 standard errors
+    assert not warn_if_close_call("uniform", {"uniform": (0.0, 0.0)}, 16)
+    assert not warn_if_close_call("owl", {}, 16)

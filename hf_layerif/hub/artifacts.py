@@ -204,7 +204,7 @@ class PrunedModelArtifact(HubArtifact):
         source = split.get("source")
         text = (f"Chosen by held-out selection among {len(selection['candidates'])} allocations: "
                 f"**{selection['chosen']}** (selection loss {selection['chosen_loss']:.4f} nats/token); uniform scored "
-                f"{selection['uniform_loss']:.4f}. Objective: {selection['objective']}; selection split: "
+                f"{selection['uniform_loss']:.4f}" + _margin_text(selection) + f". Objective: {selection['objective']}; selection split: "
                 f"{split.get('nsamples')} sequences × {split.get('seqlen')} tokens"
                 + (f" from {display_name(source)}" if isinstance(source, str) else "")
                 + (f", seed {split['seed']}" if split.get("seed") is not None else "")
@@ -293,3 +293,13 @@ def artifact_for(model) -> HubArtifact:
             return artifact(model)
     raise ValueError("model= must be a LayerIFPruner (after prune()), a PeftModel with a LayerIF adapter, or a folder "
                      "written by one of them.")
+
+
+def _margin_text(selection: dict) -> str:
+    """`` (difference −Δ ± SE over n sequences)`` for a chosen allocation other than uniform, when recorded."""
+    chosen = next((r for r in selection.get("candidates", []) if r.get("name") == selection.get("chosen")), None)
+    if not chosen or chosen.get("delta_to_uniform") is None or chosen["name"] == "uniform":
+        return ""
+    se = chosen.get("delta_se")
+    return (f"; the chosen one's difference to uniform, paired over the selection sequences: "
+            f"{chosen['delta_to_uniform']:+.4f}" + ("" if se is None else f" ± {se:.4f}") + " nats/token")

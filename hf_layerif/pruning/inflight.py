@@ -34,12 +34,14 @@ from .report import ModuleResult
 
 @dataclass
 class InFlightResult:
-    """One candidate after the pass: its selection loss (mean next-token cross-entropy, nats/token), the module
-    results of its pruning, and (``keep_weights``) its pruned linear weights per block ({module name: [out, in]})."""
+    """One candidate after the pass: its selection loss (mean next-token cross-entropy, nats/token) and each
+    selection sequence's mean loss (nats/token, [n] in the split's order), the module results of its pruning, and
+    (``keep_weights``) its pruned linear weights per block ({module name: [out, in]})."""
 
     ratios: list[float]
     loss: float = float("nan")
     tokens: int = 0
+    sequence_losses: list[float] = field(default_factory=list)
     modules: list[ModuleResult] = field(default_factory=list)
     weights: list[dict[str, torch.Tensor]] | None = None
 
@@ -99,11 +101,11 @@ def prune_in_flight(model: nn.Module, blocks: TransformerBlocks, method: Pruning
                 del stats
             groups = next_groups
         for prefix, (_, selection) in groups.items():
-            loss, tokens = head_loss(model, blocks, selection, selection_ids, config.batch_size,
-                                     selection_runner.returns_tuple)
+            loss, tokens, per_sequence = head_loss(model, blocks, selection, selection_ids, config.batch_size,
+                                                   selection_runner.returns_tuple)
             for r in results:
                 if tuple(r.ratios) == prefix:
-                    r.loss, r.tokens = loss, tokens
+                    r.loss, r.tokens, r.sequence_losses = loss, tokens, per_sequence
     finally:
         bar.close()
         model.train(was_training)
@@ -139,21 +141,25 @@ def _replay_blocks(blocks: TransformerBlocks, hidden: torch.Tensor, returns_tupl
 
 
 def head_loss(model: nn.Module, blocks: TransformerBlocks, final_inputs: list[tuple[tuple, dict]], ids: torch.Tensor,
-              batch_size: int, returns_tuple: bool) -> tuple[float, int]:
+              batch_size: int, returns_tuple: bool) -> tuple[float, int, list[float]]:
     """Mean next-token cross-entropy (nats/token) of ``model``'s head on the last block's stored outputs for the
-    token ids ``ids`` [n, seqlen] (batched as the outputs were), and the number of predicted tokens."""
+    token ids ``ids`` [n, seqlen] (batched as the outputs were), the number of predicted tokens, and each sequence's
+    mean (nats/token, [n]; every sequence has seqlen − 1 targets, so the overall mean is their mean)."""
     total = torch.zeros((), dtype=torch.float64)
     count = 0
+    per_sequence: list[float] = []
     device = input_device(model)
     for (args, _), start in zip(final_inputs, range(0, ids.shape[0], batch_size)):
         batch = ids[start:start + batch_size].to(device)
         with _replay_blocks(blocks, args[0], returns_tuple):
             logits = model(input_ids=batch, use_cache=False).logits
         targets = batch[:, 1:].to(logits.device)
-        total += torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                   targets.reshape(-1), reduction="sum").double().cpu()
+        token_losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                         reduction="none").double().cpu()  # [b, seqlen - 1]
+        total += token_losses.sum()
         count += targets.numel()
-    return float(total / count), count
+        per_sequence.extend(token_losses.mean(1).tolist())
+    return float(total / count), count, per_sequence
 
 
 @torch.no_grad()

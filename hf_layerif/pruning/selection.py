@@ -96,6 +96,41 @@ def candidate_allocations(pruner, config: PruningConfig, candidates: list[Alloca
     return allocations
 
 
+def paired_margins(sequence_losses: dict[str, list[float]], names: list[str]
+                   ) -> dict[str, tuple[float | None, float | None]]:
+    """Each candidate's objective minus uniform's (nats/token; negative: better than uniform) with its paired
+    standard error, from the per-sequence losses on the same selection sequences: mean and std(ddof=1) / √n of the
+    differences d_i = loss_i − uniform_i. Candidates without per-sequence losses are left out; the SE is None for one
+    sequence."""
+    uniform = sequence_losses.get(UNIFORM)
+    out: dict[str, tuple[float | None, float | None]] = {}
+    if not uniform:
+        return out
+    for name in names:
+        losses = sequence_losses.get(name)
+        if not losses or len(losses) != len(uniform):
+            continue
+        diffs = [a - b for a, b in zip(losses, uniform)]
+        mean = sum(diffs) / len(diffs)
+        se = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+              if len(diffs) > 1 else None)
+        out[name] = (mean, se)
+    return out
+
+
+def warn_if_close_call(chosen: str, margins: dict[str, tuple[float | None, float | None]], sequences: int) -> bool:
+    """Warn (and return True) when the chosen allocation, not uniform, beats uniform by less than two paired standard
+    errors of the selection objective."""
+    delta, se = margins.get(chosen, (None, None))
+    if chosen == UNIFORM or delta is None or se is None or -delta >= 2 * se:
+        return False
+    logger.warning("The chosen allocation %s beats uniform by %.4f ± %.4f nats/token (paired standard error over %d "
+                   "selection sequences), under two standard errors: on another selection draw uniform may win. A "
+                   "larger selection split (selection_nsamples=) separates them better (benchmarks/RESULTS.md).",
+                   chosen, -delta, se, sequences)
+    return True
+
+
 def _choose(losses: dict[str, float]) -> str:
     """The lowest loss; uniform wins ties, other ties go to the earlier candidate."""
     best = UNIFORM
@@ -156,6 +191,8 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
         screened = run(names, screen_ids, False, f"screening {len(names)} allocations ({what} calibration sequences)",
                        screen_selection)
         state["screen"] = {n: r.loss for n, r in screened.items()}
+        if exhaustive:  # screening is the final evaluation: its per-sequence losses give the margins
+            state["screen_sequences"] = {n: r.sequence_losses for n, r in screened.items()}
         save_state()
     screen_losses: dict[str, float] = state["screen"]
 
@@ -176,8 +213,12 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     if "final" not in state:
         kept = run(finalists, calibration_ids, True, f"final evaluation of {len(finalists)} allocations")
         state["final"] = {n: r.loss for n, r in kept.items()}
+        state["final_sequences"] = {n: r.sequence_losses for n, r in kept.items()}
         save_state()
     final_losses: dict[str, float] = state["final"]
+    if exhaustive and "final_sequences" not in state and "screen_sequences" in state:
+        state["final_sequences"] = state["screen_sequences"]
+    margins = paired_margins(state.get("final_sequences") or {}, finalists)
     chosen = _choose({n: final_losses[n] for n in finalists})
     if chosen not in kept:  # exhaustive, or resumed after the final stage: prune the chosen one again (deterministic)
         kept = run([chosen], calibration_ids, True, f"pruning with the chosen allocation {chosen}")
@@ -192,9 +233,11 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     rows = []
     for name in names:
         final = final_losses.get(name) if name in finalists else None
+        margin = margins.get(name, (None, None))
         rows.append({**next(c for c in candidates if c.name == name).to_dict(),
                      "screen_loss": screen_losses[name], "loss": final,
                      "ppl": None if final is None else math.exp(final), "finalist": name in finalists,
+                     "delta_to_uniform": margin[0], "delta_se": margin[1],
                      "ratios": ratio_sets[name]})
     record = {
         "objective": OBJECTIVE,
@@ -217,6 +260,7 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     }
     logger.info("Allocation selection: chose %s (objective %.5f; uniform %.5f).", chosen, final_losses[chosen],
                 final_losses[UNIFORM])
+    warn_if_close_call(chosen, margins, int(selection_ids.shape[0]))
     return SelectionOutcome(allocations[chosen], kept[chosen].modules, record)
 
 
@@ -224,12 +268,16 @@ def selection_table(record: dict[str, Any]) -> str:
     """The candidates of a selection record as a text table (objective in nats/token; ``*`` marks the chosen one)."""
     rows = record["candidates"]
     width = max(len("candidate"), *(len(r["name"]) for r in rows))
-    lines = [f"  {'candidate':<{width}}  {'screen loss':>11}  {'final loss':>10}  {'final ppl':>9}"]
+    lines = [f"  {'candidate':<{width}}  {'screen loss':>11}  {'final loss':>10}  {'final ppl':>9}  "
+             f"{'vs uniform ± SE':>19}"]
     for r in rows:
         final = "-" if r["loss"] is None else f"{r['loss']:.5f}"
         ppl = "-" if r["ppl"] is None else f"{r['ppl']:.3f}"
+        delta, se = r.get("delta_to_uniform"), r.get("delta_se")
+        margin = "-" if delta is None or r["name"] == UNIFORM else (
+            f"{delta:+.5f}" + ("" if se is None else f" ± {se:.5f}"))
         mark = "*" if r["name"] == record["chosen"] else " "
-        lines.append(f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}")
+        lines.append(f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}  {margin:>19}")
     lines.append(f"chosen: {record['chosen']} ({record['rule']})")
     return "\n".join(lines)
 
