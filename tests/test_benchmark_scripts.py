@@ -56,6 +56,12 @@ def test_result_tables_in_the_docs_match_the_benchmark_outputs(monkeypatch):
         ["tinystories", "arc_easy"])
     assert zero_shot.count("\n") >= 4  # the dense model's line, a header and at least one row of results
     assert read_block(root / "benchmarks" / "RESULTS.md", selection.ZERO_SHOT_BLOCK) == zero_shot
+    figures = root / "benchmarks" / "figures"
+    objective = selection.objective_fidelity_table(
+        rows, ResultRows(figures / "auto_selection_objective_smollm2.jsonl").rows(),
+        ResultRows(figures / "auto_selection_zero_shot_smollm2.jsonl").rows())
+    assert objective.count("\n") >= 3
+    assert read_block(root / "benchmarks" / "RESULTS.md", selection.FIDELITY_BLOCK) == objective
 
 
 @pytest.mark.parametrize("model", ["stories260k", "smollm2"])
