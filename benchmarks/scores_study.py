@@ -286,11 +286,27 @@ def _same_validation_prediction(row: dict) -> float | None:
     return predicted_reproducibility(row.get("draw_agreement"), row.get("draws") or 1, row.get("bootstrap_agreement"))
 
 
+def _verdict(row: dict) -> str:
+    """The verdict the package's report gives a row's figures (LayerInfluenceScores.stability): "stable",
+    "uncertain" (under 0.8, but not with the validation halves' agreement one standard error higher) or
+    "unstable"."""
+    from hf_layerif.influence.stability import predicted_reproducibility, reaches_threshold, spearman_upper
+
+    q = row.get("validation_split_half")
+    args = (row.get("draw_agreement"), row.get("draws") or 1, row.get("bootstrap_agreement"))
+    predicted = predicted_reproducibility(*args, q)
+    if reaches_threshold(predicted):
+        return "stable"
+    high = predicted if q is None else predicted_reproducibility(*args, spearman_upper(q, len(row["scores"])))
+    return "uncertain" if reaches_threshold(high) else "unstable"
+
+
 def summarize_stability(rows: list[dict]) -> str:
     """Per (task, fit steps, draws averaged, training and validation samples): the Spearman between the rankings of
     runs with different seeds; what each run's own report predicted for runs sharing its validation samples
     (r_k + s − 1) and, for runs that formed the validation halves, for runs with new validation samples
-    (+ u − 1, METHOD §9); how many runs the report called unstable; the cost of one run. A seed run both before
+    (+ u − 1, METHOD §9); how many runs the report calls unstable and uncertain (:func:`_verdict`, the package's
+    current rule applied to each row's figures); the cost of one run. A seed run both before
     and with the validation halves counts once (the later row; its scores are the same run's)."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
     latest: dict[str, dict] = {}
@@ -300,7 +316,7 @@ def summarize_stability(rows: list[dict]) -> str:
     rows = list(latest.values())
     lines = ["| task | fit steps | draws averaged | training samples | validation samples | runs | "
              "pairwise Spearman across seeds mean [min] | predicted, same validation: mean [min] | "
-             "predicted, new validation: mean [min] (runs) | runs called unstable | seconds per run (median) |",
+             "predicted, new validation: mean [min] (runs) | runs called unstable / uncertain | seconds per run (median) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict) -> tuple:
@@ -318,7 +334,8 @@ def summarize_stability(rows: list[dict]) -> str:
         if pairs and same:
             lines.append(f"| {task} | {steps} | {repeats} | {n} | {m} | {len(group)} | {fmt(pairs)} | {fmt(same)} | "
                          f"{fmt(new)}{f' ({len(new)})' if new else ''} | "
-                         f"{sum(not r['called_stable'] for r in group)} of {len(group)} | "
+                         f"{sum(_verdict(r) == 'unstable' for r in group)} / "
+                         f"{sum(_verdict(r) == 'uncertain' for r in group)} of {len(group)} | "
                          f"{statistics.median(r['seconds'] for r in group):.0f} |")
     return "\n".join(lines)
 

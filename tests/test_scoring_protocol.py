@@ -365,3 +365,55 @@ def test_prediction_with_validation_halves_matches_independent_runs_in_simulatio
         assert np.mean(without) > np.mean(observed) + 0.04  # the validation noise it cannot see
     assert predicted_reproducibility(None, 1, None, 0.6) == pytest.approx(0.75)  # 2·0.6 / 1.6
     assert predicted_reproducibility(0.5, 3, 0.9, 0.6) == pytest.approx(0.4)
+
+
+def test_spearman_standard_error_and_the_uncertain_verdict(caplog):
+    """spearman_upper adds one standard error on the Fisher z scale, √(1.06 / (L − 3)), checked by simulation; a
+    run whose prediction is under 0.8 but reaches it with the validation halves' agreement one standard error
+    higher is "uncertain": marked in the table, no warning; under it with that too, "unstable" and warned."""
+    import numpy as np
+
+    from hf_layerif.influence.scores import LayerInfluenceScores
+    from hf_layerif.influence.stability import spearman, spearman_upper
+    from hf_layerif.utils.logging import get_logger
+
+    rng = np.random.default_rng(0)
+    L, rho = 30, 0.8
+    cov = [[1, rho], [rho, 1]]
+    z = [np.arctanh(spearman(*rng.multivariate_normal([0, 0], cov, size=L).T)) for _ in range(3000)]
+    assert np.std(z) == pytest.approx(np.sqrt(1.06 / (L - 3)), rel=0.08)
+    assert spearman_upper(0.8, L) == pytest.approx(np.tanh(np.arctanh(0.8) + np.sqrt(1.06 / 27)))
+    assert spearman_upper(0.5, 3) == 1.0
+
+    def scores_with(first_half, second_half, draws):
+        f = 0.5
+        influence = f * first_half + (1 - f) * second_half
+        return LayerInfluenceScores(influence, [f"b{i}" for i in range(influence.shape[0])], torch.ones(influence.shape[0]),
+                                    list(range(influence.shape[0])), {"aggregation": "all", "bootstrap_samples": 0},
+                                    {"name": "datainf"}, repeat_block_scores=draws,
+                                    validation_half_influence=first_half, validation_half_fraction=f)
+
+    # 6 blocks, "all" aggregation = −Σ influence: block scores are −(column sums); one training sample each
+    base = -torch.arange(6, 0, -1, dtype=torch.float64)[:, None]  # scores 6, 5, ..., 1
+    moved = base[[0, 1, 2, 5, 3, 4]]
+    draws = torch.stack([base[:, 0], base[:, 0]]).neg()  # two identical draws: r = 1
+    uncertain = scores_with(moved, 2 * base - moved, draws)  # halves disagree (q ≈ 0.55), the mean is the base ranking
+    verdict = uncertain.stability()["reproducibility"]
+    q = uncertain.stability()["validation"]["split_half_spearman"]
+    assert 0.5 < q < 0.6
+    assert verdict["predicted_spearman"] == pytest.approx(2 * q / (1 + q)) and verdict["predicted_spearman"] < 0.8
+    high = spearman_upper(q, 6)
+    assert verdict["predicted_spearman_high"] == pytest.approx(2 * high / (1 + high)) and high > 0.8
+    assert verdict["verdict"] == "uncertain" and not verdict["stable"]
+    assert not uncertain.warn_if_unstable() and "[UNCERTAIN" in uncertain.summary_table()
+    far = base[[5, 4, 3, 2, 1, 0]]  # reversed: q = −1
+    unstable = scores_with(far, 2 * base - far, draws)
+    assert unstable.stability()["reproducibility"]["verdict"] == "unstable"
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    try:
+        assert unstable.warn_if_unstable()
+        assert "one standard error higher" in caplog.text and "Use more validation samples" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "[UNSTABLE]" in unstable.summary_table()

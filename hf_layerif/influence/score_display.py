@@ -44,8 +44,20 @@ def scores_table(result, aggregation: str | None = None) -> str:
         what = ("new draws, resampled training and validation samples" if validation
                 else "new draws, resampled training set, same validation")
         lines.append(f"predicted Spearman with an independent run ({what}): "
-                     f"{floor_to(verdict['predicted_spearman']):.3f}" + ("" if verdict["stable"] else "  [UNSTABLE]"))
+                     f"{floor_to(verdict['predicted_spearman']):.3f}" + _verdict_mark(verdict))
     return "\n".join(lines)
+
+
+def _verdict_mark(verdict: dict) -> str:
+    """"" for a stable prediction, "  [UNSTABLE]" when it stays below the threshold with the validation halves'
+    agreement one standard error higher, "  [UNCERTAIN: ...]" in between."""
+    kind = verdict.get("verdict", "stable" if verdict["stable"] else "unstable")
+    if kind == "stable":
+        return ""
+    if kind == "unstable":
+        return "  [UNSTABLE]"
+    return (f"  [UNCERTAIN: {floor_to(verdict['predicted_spearman_high']):.3f} with the validation halves' agreement "
+            "one standard error higher]")
 
 
 def plot_scores(result, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:

@@ -35,6 +35,7 @@ from .stability import (
     predicted_reproducibility,
     reaches_threshold,
     spearman,
+    spearman_upper,
     split_half_step_up,
     summarize_block_score_samples,
     summarize_draws,
@@ -227,6 +228,7 @@ class LayerInfluenceScores:
         if halves is not None:
             q = spearman(halves[0].numpy(), halves[1].numpy())
             result["validation"] = {"split_half_spearman": q, "full_size_spearman": split_half_step_up(q),
+                                    "split_half_spearman_high": spearman_upper(q, self.num_blocks),
                                     "half_fraction": float(self.validation_half_fraction)}
         draws = result.get("repeats")
         boot = result.get("bootstrap")
@@ -236,7 +238,15 @@ class LayerInfluenceScores:
                                               boot["pairwise_spearman_mean"] if boot else None,
                                               validation["split_half_spearman"] if validation else None)
         if predicted is not None:
-            result["reproducibility"] = {"predicted_spearman": predicted, "stable": reaches_threshold(predicted),
+            # one split of the validation samples gives q: the verdict "unstable" asks that the prediction stay below
+            # the threshold with q one standard error higher (over this many blocks), else it is "uncertain"
+            high = predicted if not validation else predicted_reproducibility(
+                draws["pairwise_spearman_mean"] if draws else None, draws["num_samples"] if draws else 1,
+                boot["pairwise_spearman_mean"] if boot else None, validation["split_half_spearman_high"])
+            verdict = ("stable" if reaches_threshold(predicted) else
+                       "unstable" if not reaches_threshold(high) else "uncertain")
+            result["reproducibility"] = {"predicted_spearman": predicted, "predicted_spearman_high": high,
+                                         "stable": verdict == "stable", "verdict": verdict,
                                          "draws_averaged": draws["num_samples"] if draws else 1,
                                          "new_validation_samples": validation is not None}
         if default:
@@ -286,7 +296,7 @@ class LayerInfluenceScores:
         figures = self.agreement()
         if "reproducibility" in figures:
             value = figures["reproducibility"]
-            if reaches_threshold(value):
+            if info["reproducibility"].get("verdict", "stable" if reaches_threshold(value) else "unstable") != "unstable":
                 return False
             draws, boot, validation = info.get("repeats"), info.get("bootstrap"), info.get("validation")
             k = draws["num_samples"] if draws else 1
@@ -307,9 +317,12 @@ class LayerInfluenceScores:
                    "training": "Score more training samples",
                    "validation": "Use more validation samples"}[max(costs, key=costs.get)]
             runs = ("new validation samples" if validation else "the same validation samples")
-            logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f across "
+            high = info["reproducibility"].get("predicted_spearman_high", value)
+            bound = (f" (at most {floor_to(high):.3f} with the validation halves' agreement one standard error higher)"
+                     if validation else "")
+            logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f%s across "
                            "independent runs of this protocol with %s (%s), below %.1f. %s before acting on it.",
-                           floor_to(value), runs, "; ".join(parts), UNSTABLE_SPEARMAN, fix)
+                           floor_to(value), bound, runs, "; ".join(parts), UNSTABLE_SPEARMAN, fix)
             return True
         if not figures:
             return False

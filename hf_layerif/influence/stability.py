@@ -72,6 +72,15 @@ def split_half_step_up(split_half: float) -> float:
     return 2 * q / (1 + q) if q > 0 else q
 
 
+def spearman_upper(value: float, num_items: int) -> float:
+    """``value`` one standard error higher, for a Spearman correlation over ``num_items`` items: on the Fisher z
+    scale, whose variance is about 1.06 / (L − 3) for Spearman (Fieller, Hartley & Pearson, 1957). 1.0 for L ≤ 3."""
+    if num_items <= 3:
+        return 1.0
+    z = float(np.arctanh(np.clip(value, -0.999999, 0.999999)))
+    return float(np.tanh(z + np.sqrt(1.06 / (num_items - 3))))
+
+
 def predicted_reproducibility(draw_agreement: float | None, draws: int, sample_agreement: float | None,
                               validation_split_half: float | None = None) -> float | None:
     """Predicted Spearman between the block rankings of two independent runs of one scoring protocol (new adapter
