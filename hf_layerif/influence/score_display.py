@@ -52,12 +52,10 @@ def _verdict_mark(verdict: dict) -> str:
     """"" for a stable prediction, "  [UNSTABLE]" when it stays below the threshold with the validation halves'
     agreement one standard error higher, "  [UNCERTAIN: ...]" in between."""
     kind = verdict.get("verdict", "stable" if verdict["stable"] else "unstable")
-    if kind == "stable":
-        return ""
-    if kind == "unstable":
-        return "  [UNSTABLE]"
-    return (f"  [UNCERTAIN: {floor_to(verdict['predicted_spearman_high']):.3f} with the validation halves' agreement "
-            "one standard error higher]")
+    marks = {"stable": "", "unstable": "  [UNSTABLE]",
+             "uncertain": f"  [UNCERTAIN: {floor_to(verdict.get('predicted_spearman_high', 0.0)):.3f} with the "
+                          "validation halves' agreement one standard error higher]"}
+    return marks[kind]
 
 
 def plot_scores(result, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:
