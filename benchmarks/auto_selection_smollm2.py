@@ -55,6 +55,7 @@ BLOCK = "auto-selection"
 COST_BLOCK = "auto-selection-cost"
 ZERO_SHOT_BLOCK = "auto-selection-zero-shot"
 FIDELITY_BLOCK = "auto-selection-objective"
+GRID_SELECTION_NSAMPLES = 8  # the grid's selection split: 8 windows × 128 tokens
 
 
 def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
@@ -195,7 +196,9 @@ def main() -> None:
     parser.add_argument("--calibration_seeds", default="0,1,2")
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--selection_nsamples", type=int, default=8)
+    parser.add_argument("--selection_nsamples", type=int, default=GRID_SELECTION_NSAMPLES,
+                        help="selection windows of the auto runs; other than the grid's 8, the auto rows are keyed "
+                             "with it and tabled beside the 8-window ones (the fixed rows are shared)")
     parser.add_argument("--screen_fraction", type=float, default=0.25)
     parser.add_argument("--eval_windows", type=int, default=16)
     parser.add_argument("--fit_steps", type=int, default=20)
@@ -306,6 +309,8 @@ def main() -> None:
                                                                  reverse=reverse)
                                 results.record(key, evaluate(fresh(), allocation, common, ids))
                         key = {**cell, "allocation": f"auto_{task}", "scoring_seed": seed}
+                        if args.selection_nsamples != GRID_SELECTION_NSAMPLES:
+                            key["selection_nsamples"] = args.selection_nsamples
                         if results.has(key):
                             continue
                         started = time.time()
@@ -335,7 +340,7 @@ def zero_shot_models(rows: list[dict], methods: list[str]) -> dict[str, dict]:
     models: dict[str, dict] = {}
     for row in rows:
         k = row["key"]
-        if not k["allocation"].startswith("auto_") or k["method"] not in methods:
+        if not is_grid_auto(k) or k["method"] not in methods:
             continue
         cell = {"method": k["method"], "sparsity": k["sparsity"], "calibration_seed": k["calibration_seed"]}
         for name in ("uniform", "owl", row["chosen"]):
@@ -524,7 +529,7 @@ def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
-    autos = [r for r in grid if r["key"]["allocation"].startswith("auto_")]
+    autos = [r for r in grid if is_grid_auto(r["key"])]
     for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
         for task in tasks:
             mine, uni, owl = [], [], []
@@ -584,12 +589,13 @@ def cost_table(result: dict) -> str:
 
 
 def summarize(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per (method, sparsity, task), auto's WikiText-2 perplexity paired against uniform, OWL and the best
-    fixed allocation of hindsight (uniform, OWL, AlphaPruning, and LayerIF in both directions from the same scores)
-    on the same calibration draw: mean % difference [min, max] over calibration × scoring seeds, and wins."""
-    lines = ["| method | sparsity | scores from | runs | auto chose | auto ppl | vs uniform (%, paired) | "
-             "vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: per (method, sparsity, scoring task, selection split), auto's WikiText-2 perplexity paired against
+    uniform, OWL and the best fixed allocation of hindsight (uniform, OWL, AlphaPruning, and LayerIF in both
+    directions from the same scores) on the same calibration draw: mean % difference [min, max] over calibration ×
+    scoring seeds, and wins."""
+    lines = ["| method | sparsity | scores from | selection windows | runs | auto chose | auto ppl | "
+             "vs uniform (%, paired) | vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fixed = {}
     for r in rows:
         k = r["key"]
@@ -601,31 +607,45 @@ def summarize(rows: list[dict], tasks: list[str]) -> str:
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
+    splits = sorted({selection_windows(r["key"]) for r in autos})
     for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
         for task in tasks:
-            diffs = {"uniform": [], "owl": [], "best": []}
-            chosen, ppl = [], []
-            for auto in autos:
-                k = auto["key"]
-                if (k["method"], k["sparsity"], k["allocation"]) != (method, sparsity, f"auto_{task}"):
+            for split in splits:
+                diffs = {"uniform": [], "owl": [], "best": []}
+                chosen, ppl = [], []
+                for auto in autos:
+                    k = auto["key"]
+                    if (k["method"], k["sparsity"], k["allocation"], selection_windows(k)) != \
+                            (method, sparsity, f"auto_{task}", split):
+                        continue
+                    common = fixed.get((method, sparsity, k["calibration_seed"], None), {})
+                    own = {n: v for n, v in fixed.get((method, sparsity, k["calibration_seed"], k["scoring_seed"]),
+                                                      {}).items() if n.endswith(f"_{task}")}
+                    if "uniform" not in common or "owl" not in common:
+                        continue
+                    ppl.append(auto["wikitext2_ppl"])
+                    chosen.append(auto["chosen"])
+                    diffs["uniform"].append(100 * (auto["wikitext2_ppl"] / common["uniform"] - 1))
+                    diffs["owl"].append(100 * (auto["wikitext2_ppl"] / common["owl"] - 1))
+                    diffs["best"].append(100 * (auto["wikitext2_ppl"] / min({**common, **own}.values()) - 1))
+                if not ppl:
                     continue
-                common = fixed.get((method, sparsity, k["calibration_seed"], None), {})
-                own = {n: v for n, v in fixed.get((method, sparsity, k["calibration_seed"], k["scoring_seed"]),
-                                                  {}).items() if n.endswith(f"_{task}")}
-                if "uniform" not in common or "owl" not in common:
-                    continue
-                ppl.append(auto["wikitext2_ppl"])
-                chosen.append(auto["chosen"])
-                diffs["uniform"].append(100 * (auto["wikitext2_ppl"] / common["uniform"] - 1))
-                diffs["owl"].append(100 * (auto["wikitext2_ppl"] / common["owl"] - 1))
-                diffs["best"].append(100 * (auto["wikitext2_ppl"] / min({**common, **own}.values()) - 1))
-            if not ppl:
-                continue
-            picks = ", ".join(f"{c} ×{chosen.count(c)}" for c in dict.fromkeys(chosen))
-            lines.append(f"| {method} | {sparsity:.0%} | {task} | {len(ppl)} | {picks} | {statistics.mean(ppl):.2f} | "
-                         f"{fmt(diffs['uniform'])} | {fmt(diffs['owl'])} | {fmt(diffs['best'])} | "
-                         f"{sum(d <= 0 for d in diffs['uniform'])}/{len(ppl)} | {sum(d <= 0 for d in diffs['owl'])}/{len(ppl)} |")
+                picks = ", ".join(f"{c} ×{chosen.count(c)}" for c in dict.fromkeys(chosen))
+                lines.append(f"| {method} | {sparsity:.0%} | {task} | {split} | {len(ppl)} | {picks} | "
+                             f"{statistics.mean(ppl):.2f} | {fmt(diffs['uniform'])} | {fmt(diffs['owl'])} | "
+                             f"{fmt(diffs['best'])} | {sum(d <= 0 for d in diffs['uniform'])}/{len(ppl)} | "
+                             f"{sum(d <= 0 for d in diffs['owl'])}/{len(ppl)} |")
     return "\n".join(lines)
+
+
+def selection_windows(key: dict) -> int:
+    """The number of selection windows an auto row was selected on (rows of the grid's default split omit it)."""
+    return key.get("selection_nsamples", GRID_SELECTION_NSAMPLES)
+
+
+def is_grid_auto(key: dict) -> bool:
+    """An auto row of the grid's own selection split (the zero-shot and objective tables pair these)."""
+    return key["allocation"].startswith("auto_") and selection_windows(key) == GRID_SELECTION_NSAMPLES
 
 
 if __name__ == "__main__":
