@@ -166,7 +166,9 @@ def run(args, jsonl: str) -> None:
             key["task"] = args.stability_task
         if args.stability_validation != 32:
             key["validation"] = args.stability_validation
-        key["report"] = "validation_halves"  # rows before it: no validation term (summarize_stability keeps both)
+        # rows before it: "validation_halves" (one split of the validation samples into contiguous halves), and
+        # before that no validation term; summarize_stability tables one-split and parts rows apart
+        key["report"] = "validation_parts"
         if results.has(key):
             continue
         train, validation = task_texts(shared, args.stability_task, seed, n, args.stability_validation)
@@ -186,6 +188,8 @@ def run(args, jsonl: str) -> None:
                              "draw_agreement": (info.get("repeats") or {}).get("pairwise_spearman_mean"),
                              "bootstrap_agreement": (info.get("bootstrap") or {}).get("pairwise_spearman_mean"),
                              "validation_split_half": (info.get("validation") or {}).get("split_half_spearman"),
+                             "validation_split_range": (info.get("validation") or {}).get("split_half_spearman_range"),
+                             "validation_parts": (info.get("validation") or {}).get("parts"),
                              "predicted": (info.get("reproducibility") or {}).get("predicted_spearman"),
                              "called_stable": (info.get("reproducibility") or {}).get("stable")})
 
@@ -307,32 +311,40 @@ def summarize_stability(rows: list[dict]) -> str:
     (r_k + s − 1) and, for runs that formed the validation halves, for runs with new validation samples
     (+ u − 1, METHOD §9); how many runs the report calls unstable and uncertain (:func:`_verdict`, the package's
     current rule applied to each row's figures); the cost of one run. A seed run both before
-    and with the validation halves counts once (the later row; its scores are the same run's)."""
+    and with the validation halves counts once (the later row; its scores are the same run's); a run again with the
+    validation parts (q averaged over every balanced split) is a row of its own, its report in the column "q from"."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
     latest: dict[str, dict] = {}
     for r in rows:
         key = {k: v for k, v in r["key"].items() if k != "report"}
+        key["report"] = "parts" if r["key"].get("report") == "validation_parts" else "halves"
         latest[json.dumps(key, sort_keys=True)] = r
     rows = list(latest.values())
-    lines = ["| task | fit steps | draws averaged | training samples | validation samples | runs | "
+    lines = ["| task | fit steps | draws averaged | training samples | validation samples | runs | q from | "
              "pairwise Spearman across seeds mean [min] | predicted, same validation: mean [min] | "
              "predicted, new validation: mean [min] (runs) | runs called unstable / uncertain | seconds per run (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def q_from(r: dict) -> str:
+        if r.get("validation_split_half") is None:
+            return "—"
+        parts = r.get("validation_parts")
+        return f"{parts} parts" if parts else "one split"
 
     def cell(r: dict) -> tuple:
         return (r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"],
-                r["key"].get("validation", 32))
+                r["key"].get("validation", 32), q_from(r))
 
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):.2f} [{min(values):.2f}]" if values else "—"
 
-    for task, steps, repeats, n, m in sorted({cell(r) for r in rows}):
-        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m)]
+    for task, steps, repeats, n, m, source in sorted({cell(r) for r in rows}):
+        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m, source)]
         pairs = _pairwise([r["scores"] for r in group])
         same = [p for p in (_same_validation_prediction(r) for r in group) if p is not None]
         new = [r["predicted"] for r in group if r.get("validation_split_half") is not None]
         if pairs and same:
-            lines.append(f"| {task} | {steps} | {repeats} | {n} | {m} | {len(group)} | {fmt(pairs)} | {fmt(same)} | "
+            lines.append(f"| {task} | {steps} | {repeats} | {n} | {m} | {len(group)} | {source} | {fmt(pairs)} | {fmt(same)} | "
                          f"{fmt(new)}{f' ({len(new)})' if new else ''} | "
                          f"{sum(_verdict(r) == 'unstable' for r in group)} / "
                          f"{sum(_verdict(r) == 'uncertain' for r in group)} of {len(group)} | "

@@ -199,8 +199,9 @@ def test_every_finished_draw_is_checkpointed_and_reused(tmp_path, monkeypatch):
     resumed = compute_layer_influence(with_lora(tiny_llama()), train, val, output_dir=tmp_path, **options)
     assert len(runs) == 2 and len(fits) == 1  # draw 0 resumed from its checkpoint, draw 1 loaded, draw 2 computed
     torch.testing.assert_close(resumed.influence, uninterrupted.influence, rtol=1e-5, atol=1e-8)
-    # the validation halves survive the interruption with the draws (draw 1's came from its checkpoint)
-    torch.testing.assert_close(resumed.validation_half_influence, uninterrupted.validation_half_influence,
+    # the validation parts survive the interruption with the draws (draw 1's came from its checkpoint)
+    assert resumed.validation_part_influence.shape[0] == 2  # 2 validation samples: 2 parts
+    torch.testing.assert_close(resumed.validation_part_influence, uninterrupted.validation_part_influence,
                                rtol=1e-5, atol=1e-8)
     assert not (tmp_path / "influence_checkpoint").exists()  # removed once the scores are saved
 
@@ -265,63 +266,139 @@ def test_predicted_reproducibility_matches_independent_runs_in_simulation():
 
 
 @pytest.mark.parametrize("estimator", ["datainf", "tracin", "exact"])
-def test_validation_halves_equal_runs_on_each_half(estimator):
-    """The influence against the first validation half equals a run whose validation set is that half, and the
-    second half's, recombined from the full influence by linearity, equals a run on the second half (float64)."""
+def test_validation_parts_equal_runs_on_each_part(estimator):
+    """The influence against each interleaved validation part (sample k in part k mod P) equals a run whose
+    validation set is that part, the weighted parts recombine to the full influence, and each half of a balanced
+    split scores as a run on its samples (float64; 7 samples in batches of 2, so parts cross batches)."""
     model = with_lora(tiny_llama(torch.float64), randomize_b=True)
-    train, val = random_samples(9, seed=11), random_samples(7, seed=12)  # odd: halves of 3 and 4 samples
+    train, val = random_samples(9, seed=11), random_samples(7, seed=12)
     options = dict(FAST, estimator=estimator, batch_size=2)
-    full = compute_layer_influence(model, train, val, **options)
-    first = compute_layer_influence(model, train, val[:3], validation_split_half=False, **options)
-    second = compute_layer_influence(model, train, val[3:], validation_split_half=False, **options)
-    assert full.validation_half_fraction == pytest.approx(3 / 7)
-    assert first.validation_half_influence is None
-    f = full.validation_half_fraction
-    half = full.validation_half_influence.double()
-    torch.testing.assert_close(half, first.influence.double(), rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close((full.influence.double() - f * half) / (1 - f), second.influence.double(),
-                               rtol=1e-4, atol=1e-8)
-    a, b = full.validation_half_scores()
-    torch.testing.assert_close(a, first.block_scores(), rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(b, second.block_scores(), rtol=1e-4, atol=1e-8)
+    full = compute_layer_influence(model, train, val, validation_parts=4, **options)
+    assert full.validation_part_influence.shape == (4, *full.influence.shape)
+    assert full.validation_part_weights == pytest.approx([2 / 7, 2 / 7, 2 / 7, 1 / 7])
+    parts = full.validation_part_influence.double()
+    for p in range(4):
+        alone = compute_layer_influence(model, train, val[p::4], validation_split_half=False, **options)
+        assert alone.validation_part_influence is None
+        torch.testing.assert_close(parts[p], alone.influence.double(), rtol=1e-5, atol=1e-9)
+    recombined = torch.einsum("p,pln->ln", torch.tensor(full.validation_part_weights, dtype=torch.float64), parts)
+    torch.testing.assert_close(recombined, full.influence.double(), rtol=1e-5, atol=1e-9)
+    splits = full.validation_split_scores()
+    assert splits.shape == (3, 2, full.num_blocks)  # (0, 1), (0, 2), (0, 3)
+    half = compute_layer_influence(model, train, [val[k] for k in (0, 1, 4, 5)], validation_split_half=False, **options)
+    other = compute_layer_influence(model, train, [val[k] for k in (2, 3, 6)], validation_split_half=False, **options)
+    torch.testing.assert_close(splits[0, 0], half.block_scores(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(splits[0, 1], other.block_scores(), rtol=1e-5, atol=1e-9)
 
 
-def test_validation_halves_of_averaged_draws_and_the_report(tmp_path):
-    """With several draws the halves are normalised by their own draw's full scale (so the full influence is the
-    f-weighted mean of the two halves' averages), are saved and loaded, and enter the stability report."""
-    from hf_layerif.influence.protocol import average_validation_halves, normalise_draws
+def test_validation_part_count_and_splits():
+    from hf_layerif.influence.validation_parts import balanced_splits, part_weights, validation_part_count
+
+    assert [validation_part_count(m, 8) for m in (0, 1, 2, 3, 7, 8, 100)] == [0, 0, 2, 2, 6, 8, 8]
+    assert [len(balanced_splits(p)) for p in (2, 4, 6, 8)] == [1, 3, 10, 35]
+    assert all(s[0] == 0 and len(set(s)) == len(s) == 4 for s in balanced_splits(8))
+    assert part_weights(10, 4) == pytest.approx([0.3, 0.3, 0.2, 0.2])
+    with pytest.raises(ValueError, match="even number"):
+        balanced_splits(3)
+    from hf_layerif import InfluenceArguments
+    with pytest.raises(ValueError, match="validation_parts must be an even number"):
+        InfluenceArguments(validation_parts=5)
+
+
+def test_validation_parts_of_averaged_draws_and_the_report(tmp_path):
+    """With several draws each draw's parts are normalised by its own full scale (so the full influence is the
+    weighted mean of the parts' averages), are saved and loaded (scores saved with the older first-half field load
+    as two parts), and the report averages the halves' Spearman over every balanced split, by brute force."""
+    import json
+
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from hf_layerif.influence.protocol import average_validation_parts, normalise_draws
     from hf_layerif.influence.scores import LayerInfluenceScores
     from hf_layerif.influence.stability import spearman, split_half_step_up
 
     gen = torch.Generator().manual_seed(3)
-    halves_a = [torch.randn(5, 8, generator=gen, dtype=torch.float64) * (r + 1) for r in range(3)]
-    halves_b = [torch.randn(5, 8, generator=gen, dtype=torch.float64) * (r + 1) for r in range(3)]
-    f = 0.5
-    draws = [f * a + (1 - f) * b for a, b in zip(halves_a, halves_b)]
+    weights = [0.3, 0.3, 0.2, 0.2]
+    parts = [torch.randn(4, 5, 8, generator=gen, dtype=torch.float64) * (r + 1) for r in range(3)]
+    draws = [torch.einsum("p,pln->ln", torch.tensor(weights, dtype=torch.float64), p) for p in parts]
     scales = [d.abs().mean() for d in draws]
     mean_scale = sum(scales) / 3
-    want_a = sum(a / s * mean_scale for a, s in zip(halves_a, scales)) / 3
-    got = average_validation_halves(draws, halves_a)
-    torch.testing.assert_close(got, want_a, rtol=1e-12, atol=1e-12)
-    assert average_validation_halves(draws, [halves_a[0], None, halves_a[2]]) is None
+    want = sum(p / s * mean_scale for p, s in zip(parts, scales)) / 3
+    got = average_validation_parts(draws, parts)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert average_validation_parts(draws, [parts[0], None, parts[2]]) is None
     influence = normalise_draws(draws).mean(0)
-    scores = LayerInfluenceScores(influence, [f"b{i}" for i in range(5)], torch.ones(5), list(range(5)),
+    names = [f"b{i}" for i in range(5)]
+    scores = LayerInfluenceScores(influence, names, torch.ones(5), list(range(5)),
                                   {"aggregation": "positive", "bootstrap_samples": 0}, {"name": "datainf"},
-                                  validation_half_influence=got, validation_half_fraction=f)
-    want_b = sum(b / s * mean_scale for b, s in zip(halves_b, scales)) / 3
-    q = spearman((-want_a.float().double()).clamp_min(0).sum(1), (-want_b).clamp_min(0).sum(1))
+                                  validation_part_influence=got, validation_part_weights=weights)
+    stored = got.float().double()
+    agreements = []
+    for other in (1, 2, 3):  # the halves {0, other} and the rest, by hand
+        rest = [p for p in (1, 2, 3) if p != other]
+        halves = []
+        for members in ((0, other), rest):
+            total = sum(weights[p] for p in members)
+            mixed = sum(weights[p] / total * stored[p] for p in members)
+            halves.append((-mixed).clamp_min(0).sum(1))
+        agreements.append(spearman(halves[0], halves[1]))
+    q = float(np.mean(agreements))
     validation = scores.stability()["validation"]
+    assert validation["splits"] == 3 and validation["parts"] == 4
     assert validation["split_half_spearman"] == pytest.approx(q, abs=1e-9)
+    assert validation["split_half_spearman_range"] == pytest.approx([min(agreements), max(agreements)])
     assert validation["full_size_spearman"] == pytest.approx(split_half_step_up(q))
     assert scores.stability()["reproducibility"]["predicted_spearman"] == pytest.approx(split_half_step_up(q))
-    assert "validation halves" in scores.summary_table()
-    scores.save_pretrained(tmp_path)
-    loaded = LayerInfluenceScores.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.validation_half_influence, scores.validation_half_influence)
-    assert loaded.validation_half_fraction == f
-    with pytest.raises(ValueError, match="validation_half_fraction"):
-        LayerInfluenceScores(influence, [f"b{i}" for i in range(5)], torch.ones(5), list(range(5)), {}, {},
-                             validation_half_influence=got)
+    assert "mean of 3 splits of 4 parts" in scores.summary_table()
+    scores.save_pretrained(tmp_path / "new")
+    loaded = LayerInfluenceScores.from_pretrained(tmp_path / "new")
+    torch.testing.assert_close(loaded.validation_part_influence, scores.validation_part_influence)
+    assert loaded.validation_part_weights == pytest.approx(weights)
+    # a file of the older format: the first half's influence and its fraction
+    two = LayerInfluenceScores(influence, names, torch.ones(5), list(range(5)), {"aggregation": "positive"},
+                               {"name": "datainf"}, validation_part_influence=got[:2], validation_part_weights=[0.5, 0.5])
+    two.save_pretrained(tmp_path / "old")
+    tensors = load_file(tmp_path / "old" / "influence.safetensors")
+    tensors["validation_half_influence"] = tensors.pop("validation_part_influence")[0].contiguous()
+    save_file(tensors, tmp_path / "old" / "influence.safetensors", metadata={"format": "hf-layerif-scores"})
+    meta = json.loads((tmp_path / "old" / "layerif_scores.json").read_text())
+    meta["validation_half_fraction"] = meta.pop("validation_part_weights")[0]
+    (tmp_path / "old" / "layerif_scores.json").write_text(json.dumps(meta))
+    old = LayerInfluenceScores.from_pretrained(tmp_path / "old")
+    assert old.validation_part_weights == pytest.approx([0.5, 0.5])
+    torch.testing.assert_close(old.validation_part_influence[0], two.validation_part_influence[0])
+    torch.testing.assert_close(old.validation_part_influence[1],
+                               2 * old.influence - two.validation_part_influence[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="validation_part_weights"):
+        LayerInfluenceScores(influence, names, torch.ones(5), list(range(5)), {}, {}, validation_part_influence=got)
+
+
+def test_averaging_over_splits_narrows_the_validation_agreement_on_few_blocks():
+    """Brute force on 5 blocks: block scores against a set of validation samples = signal + the mean of the
+    samples' noise. The Spearman of two halves averaged over the 35 balanced splits of 8 interleaved parts has the
+    mean of one split's (what it estimates) with a smaller spread across validation sets (about two thirds: part
+    of the spread is the validation set's own, which no split removes)."""
+    import numpy as np
+
+    from hf_layerif.influence.stability import spearman
+    from hf_layerif.influence.validation_parts import balanced_splits
+
+    rng = np.random.default_rng(4)
+    blocks, m, parts = 5, 32, 8
+    signal = np.linspace(1.0, 0.0, blocks)
+    single, averaged = [], []
+    for _ in range(300):
+        noise = 1.2 * rng.normal(size=(m, blocks))  # per validation sample
+        part_means = np.stack([noise[p::parts].mean(0) for p in range(parts)])
+        single.append(spearman(signal + noise[:m // 2].mean(0), signal + noise[m // 2:].mean(0)))
+        values = []
+        for split in balanced_splits(parts):
+            other = [p for p in range(parts) if p not in split]
+            values.append(spearman(signal + part_means[list(split)].mean(0), signal + part_means[other].mean(0)))
+        averaged.append(np.mean(values))
+    assert abs(np.mean(averaged) - np.mean(single)) < 0.05
+    assert np.std(averaged) < 0.8 * np.std(single)
 
 
 def test_prediction_with_validation_halves_matches_independent_runs_in_simulation():
@@ -386,12 +463,12 @@ def test_spearman_standard_error_and_the_uncertain_verdict(caplog):
     assert spearman_upper(0.5, 3) == 1.0
 
     def scores_with(first_half, second_half, draws):
-        f = 0.5
-        influence = f * first_half + (1 - f) * second_half
+        influence = 0.5 * first_half + 0.5 * second_half
         return LayerInfluenceScores(influence, [f"b{i}" for i in range(influence.shape[0])], torch.ones(influence.shape[0]),
                                     list(range(influence.shape[0])), {"aggregation": "all", "bootstrap_samples": 0},
                                     {"name": "datainf"}, repeat_block_scores=draws,
-                                    validation_half_influence=first_half, validation_half_fraction=f)
+                                    validation_part_influence=torch.stack([first_half, second_half]),
+                                    validation_part_weights=[0.5, 0.5])
 
     # 6 blocks, "all" aggregation = −Σ influence: block scores are −(column sums); one training sample each
     base = -torch.arange(6, 0, -1, dtype=torch.float64)[:, None]  # scores 6, 5, ..., 1

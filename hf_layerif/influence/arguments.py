@@ -52,10 +52,14 @@ class InfluenceArguments:
         aggregation: default block score: ``"positive"``, ``"all"``, ``"top_fraction"`` or ``"harmful"``.
         fraction: the fraction for ``"top_fraction"``.
         bootstrap_samples: bootstrap resamples of training samples for ranking stability (0 disables).
-        validation_split_half: also compute the influence against the first half of the validation samples (the
-            influence is linear in the mean validation gradient, so the second half's follows), from which the
-            stability report measures how much a new validation sample moves the ranking (METHOD §9). Costs one more
-            product per training chunk, and the estimator's second step once more.
+        validation_split_half: also compute the influence against each of ``validation_parts`` interleaved parts of
+            the validation samples (the influence is linear in the mean validation gradient, so any half made of
+            parts follows), from which the stability report measures how much a new validation sample moves the
+            ranking (METHOD §9). Costs P more products per training chunk and, for DataInf, one more pair of reads
+            of the stored gradients (exact, LiSSA: one more solve per part).
+        validation_parts: P, the number of parts (even; sample k goes to part k mod P; fewer when there are fewer
+            validation samples). The report averages the agreement of the two halves over every balanced split of
+            the parts (P = 8: 35 splits), which one split on few blocks estimates poorly.
         repeats: number of adapter draws to score and average (``target="lora"``). Draw r > 0 re-initialises the
             adapter (A from a seed derived from ``seed`` and r, B = 0) and, with ``fit_steps``, fits it again. Each
             draw's influence is divided by its mean |I| before averaging, so every draw weighs the same. ``None``
@@ -95,9 +99,12 @@ class InfluenceArguments:
                                                                   "top_fraction, harmful (hf_layerif.influence.scores.AGGREGATIONS)."})
     fraction: float = field(default=0.25, metadata={"help": "Fraction used by aggregation=top_fraction."})
     bootstrap_samples: int = field(default=200, metadata={"help": "Bootstrap resamples for ranking stability (0: off)."})
-    validation_split_half: bool = field(default=True, metadata={"help": "Also score against the first half of the "
-                                        "validation samples, so the stability report sees the noise of a new validation "
-                                        "sample (DataInf: two more reads of the stored gradients; exact, LiSSA: a second solve)."})
+    validation_split_half: bool = field(default=True, metadata={"help": "Also score against halves of the validation "
+                                        "samples (made of validation_parts parts), so the stability report sees the noise of a "
+                                        "new validation sample (DataInf: two more reads of the stored gradients; exact, LiSSA: "
+                                        "one more solve per part)."})
+    validation_parts: int = field(default=8, metadata={"help": "Interleaved parts of the validation samples (even); the "
+                                  "report averages the halves' agreement over every balanced split of them (8: 35 splits)."})
     repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})
     fit_steps: int | None = field(default=None, metadata={"help": "AdamW steps fitting the fresh scoring adapter to the training samples before scoring (default: 100 for a fresh adapter, 0 for a trained one; 0: score it as given)."})
     fit_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the adapter fit."})
@@ -158,6 +165,9 @@ class InfluenceArguments:
             raise ValueError("lissa_scale must be > 0 or None.")
         if self.gradient_memory_gb <= 0:
             raise ValueError("gradient_memory_gb must be > 0.")
+        if self.validation_parts < 2 or self.validation_parts % 2:
+            raise ValueError(f"validation_parts must be an even number >= 2 (got {self.validation_parts}); pass "
+                             "validation_split_half=False to score without the validation halves.")
         if self.checkpoint_every < 0 or self.bootstrap_samples < 0:
             raise ValueError("checkpoint_every and bootstrap_samples must be >= 0.")
 

@@ -181,8 +181,8 @@ class ResumableAccumulator(ABC):
             return 0
         first = getattr(self, self.STATE_TENSORS[0])
         state = read_safetensors(self.spill_dir / self.STATE_FILE, device=str(first.device))
-        if any(name not in state for name in self.STATE_TENSORS):  # saved by a run that formed other statistics
-            return 0
+        if any(name not in state or state[name].shape != getattr(self, name).shape for name in self.STATE_TENSORS):
+            return 0  # saved by a run that formed other statistics
         for name in self.STATE_TENSORS:
             getattr(self, name).copy_(state[name])
         self.rows_done = int(meta["rows_done"])
@@ -197,23 +197,24 @@ class ResumableAccumulator(ABC):
 
 
 def save_validation_gradients(spill_dir: Path, key: dict, v: list[torch.Tensor],
-                              v_half: list[torch.Tensor] | None = None) -> None:
-    """Keep the validation pass (mean gradient per block, [d_l] each, and the first half's mean) under ``key``."""
+                              v_parts: list[torch.Tensor] | None = None) -> None:
+    """Keep the validation pass (mean gradient per block, [d_l] each, and the validation parts' means, [P, d_l]
+    each) under ``key``."""
     tensors = {f"block_{l}": t for l, t in enumerate(v)}
-    if v_half is not None:
-        tensors.update({f"half_block_{l}": t for l, t in enumerate(v_half)})
+    if v_parts is not None:
+        tensors.update({f"parts_block_{l}": t.contiguous() for l, t in enumerate(v_parts)})
     write_safetensors(spill_dir / _VALIDATION_FILE, tensors)
     write_json(spill_dir / _VALIDATION_META, {"key": key})
 
 
 def load_validation_gradients(spill_dir: Path, key: dict, num_blocks: int
                               ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
-    """The validation pass saved under ``key`` as (v, v_half), or None (none saved, or saved under another key)."""
+    """The validation pass saved under ``key`` as (v, v_parts), or None (none saved, or saved under another key)."""
     if not (spill_dir / _VALIDATION_META).exists() or read_json(spill_dir / _VALIDATION_META).get("key") != key:
         return None
     saved = read_safetensors(spill_dir / _VALIDATION_FILE)
-    v_half = [saved[f"half_block_{l}"] for l in range(num_blocks)] if "half_block_0" in saved else None
-    return [saved[f"block_{l}"] for l in range(num_blocks)], v_half
+    v_parts = [saved[f"parts_block_{l}"] for l in range(num_blocks)] if "parts_block_0" in saved else None
+    return [saved[f"block_{l}"] for l in range(num_blocks)], v_parts
 
 
 def save_training_progress(accumulator, key: dict, steps_done: int, losses: torch.Tensor) -> None:

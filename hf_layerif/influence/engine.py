@@ -46,6 +46,7 @@ from .estimators import ESTIMATORS, curvature_ratio, estimate_influence, get_est
 from .fitting import zero_gradient_lora_a
 from .gram import GramAccumulator, GroupLayout
 from .streaming import StreamingStatistics
+from .validation_parts import part_weights, validation_part_count
 
 logger = get_logger(__name__)
 
@@ -60,10 +61,10 @@ class EngineResult(NamedTuple):
     settings: dict
     losses: torch.Tensor  # [n] float64, per-sample training loss
     accumulator: StreamingStatistics | GramAccumulator
-    # [L, n] float64: the influence against the mean gradient of the first ``validation_half_fraction`` of the
-    # validation samples (``validation_split_half``; None when off or with one validation sample)
-    influence_half: torch.Tensor | None = None
-    validation_half_fraction: float | None = None
+    # [P, L, n] float64: the influence against the mean gradient of each of the P interleaved validation parts
+    # (``validation_split_half`` / ``validation_parts``; None when off or with one validation sample)
+    influence_parts: torch.Tensor | None = None
+    validation_part_weights: list[float] | None = None  # [P] m_p / m
 
 
 class InfluenceEngine:
@@ -270,38 +271,51 @@ class InfluenceEngine:
 
     def validation_gradients(self, loader: Iterable[dict], num_samples: int
                              ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """The validation pass: (v, v_half). v_l = (1/m) Σ_k ∇_{θ_l} ℓ(v_k) is the mean validation gradient of each
-        block, [d_l] each; v_half is the mean over the first ``m // 2`` validation samples in dataset order (None for
-        m < 2), which the stability report uses to measure the noise a new validation sample brings (influence is
-        linear in v; METHOD §9)."""
+        """The validation pass: (v, v_parts). v_l = (1/m) Σ_k ∇_{θ_l} ℓ(v_k) is the mean validation gradient of each
+        block, [d_l] each; v_parts holds, per block, the mean gradient of each of the P interleaved parts of the
+        validation samples (sample k, in dataset order, in part k mod P), [P, d_l] each, or None when the parts are
+        off or m < 2. The stability report compares halves made of them (influence is linear in v; METHOD §9)."""
+        parts = self.validation_part_count(num_samples)
         sums: list[torch.Tensor] | None = None
-        half_sums: list[torch.Tensor] | None = None
-        half = num_samples // 2
+        part_sums: list[torch.Tensor] | None = None
         seen = 0
         with self.capture:
             for batch in tqdm(loader, desc="validation gradients", disable=not self.progress, leave=False):
                 grads, _ = self._batch_grads(batch, seen)
-                rows_in_half = max(0, min(grads[0].shape[0], half - seen))
-                seen += grads[0].shape[0]
+                rows = grads[0].shape[0]
                 block_sums = [g.sum(0) for g in grads]
                 sums = block_sums if sums is None else [s + b for s, b in zip(sums, block_sums)]
-                if rows_in_half:
-                    part = [g[:rows_in_half].sum(0) for g in grads]
-                    half_sums = part if half_sums is None else [s + b for s, b in zip(half_sums, part)]
+                if parts:
+                    if part_sums is None:
+                        part_sums = [g.new_zeros(parts, g.shape[1]) for g in grads]
+                    part_of_row = torch.arange(seen, seen + rows, device=grads[0].device) % parts
+                    for total, g in zip(part_sums, grads):
+                        total.index_add_(0, part_of_row, g)
+                seen += rows
         if sums is None or seen == 0:
             raise ValueError("the validation dataset is empty.")
         self._check_finite("validation")
         if seen != num_samples:
             raise RuntimeError(f"expected {num_samples} validation samples, the loader gave {seen}")
-        v_half = [s / half for s in half_sums] if half_sums is not None else None
-        return [s / seen for s in sums], v_half
+        v_parts = None
+        if part_sums is not None:
+            sizes = torch.tensor([len(range(p, seen, parts)) for p in range(parts)], dtype=part_sums[0].dtype,
+                                 device=part_sums[0].device)
+            v_parts = [total / sizes[:, None] for total in part_sums]
+        return [s / seen for s in sums], v_parts
+
+    def validation_part_count(self, num_samples: int) -> int:
+        """P, the number of validation parts this run forms for ``num_samples`` validation samples (0: none)."""
+        if not getattr(self.args, "validation_split_half", True):
+            return 0
+        return validation_part_count(num_samples, getattr(self.args, "validation_parts", 2))
 
     def training_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
                             spill_dir: Path | None = None, resume_key: dict | None = None, streaming: bool | None = None,
-                            v_half: list[torch.Tensor] | None = None):
+                            v_parts: list[torch.Tensor] | None = None):
         """The training pass: (accumulator, per-sample losses [n]). The accumulator is a
         :class:`StreamingStatistics` (DataInf, TracIn: O(n·d)) or a :class:`GramAccumulator` (K for the others);
-        with ``v_half`` it also forms a_half = G v_half.
+        with ``v_parts`` it also forms a_p = G v_p for each validation part.
 
         With ``spill_dir`` and ``resume_key``, the state is saved every ``checkpoint_every`` steps and at the
         end of the pass; a later call with the same key resumes after the last saved step.
@@ -310,14 +324,14 @@ class InfluenceEngine:
         if self.streaming if streaming is None else streaming:
             keep = ESTIMATORS[self.args.estimator].stores_gradients
             acc = StreamingStatistics(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir,
-                                      self.store_dtype, keep_gradients=keep, validation_half=v_half)
+                                      self.store_dtype, keep_gradients=keep, validation_parts=v_parts)
             route = ("stored gradients read twice" + (f", spilled to {spill_dir} beyond the budget" if spill_dir else "")
                      if keep else "no gradients stored")
             logger.info("%s in O(n·d): %s.", self.args.estimator, route)
         else:
             shard = (0, 1) if self.accelerator is None else (self.accelerator.process_index, self.accelerator.num_processes)
             acc = GramAccumulator(self.layout, v, num_samples, self.compute_dtype, budget, spill_dir, self.store_dtype, shard,
-                                  validation_half=v_half)
+                                  validation_parts=v_parts)
         sharded = (isinstance(acc, StreamingStatistics) and self.accelerator is not None
                    and self.accelerator.num_processes > 1)
         if sharded:  # each process keeps only its own samples' gradients; w and G w are summed over processes
@@ -363,24 +377,26 @@ class InfluenceEngine:
         return influence, damping, {"name": self.args.estimator, "route": "streaming O(n·d)", "curvature_ratio": ratio}
 
     def _per_block(self, per_group: torch.Tensor) -> torch.Tensor:
-        """[groups, n] influence summed into [L, n] float64, after checking it is finite."""
+        """[..., groups, n] influence summed into [..., L, n] float64, after checking it is finite."""
         if not torch.isfinite(per_group).all():
             raise FloatingPointError(f"The {self.args.estimator} estimator produced non-finite influence values; raise "
                                      "damping / damping_factor.")
-        influence = torch.zeros(len(self.blocks), per_group.shape[1], dtype=torch.float64)
-        influence.index_add_(0, self.layout.group_to_block(), per_group.to("cpu", torch.float64))
+        shape = (*per_group.shape[:-2], len(self.blocks), per_group.shape[-1])
+        influence = torch.zeros(shape, dtype=torch.float64)
+        influence.index_add_(per_group.dim() - 2, self.layout.group_to_block(), per_group.to("cpu", torch.float64))
         return influence
 
-    def estimate_half(self, acc: StreamingStatistics | GramAccumulator, a: torch.Tensor | None = None,
-                      K: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Influence [L, n] float64 against the first validation half (None when ``acc`` has no a_half): the same
-        estimator, λ and K (or stored gradients) as the full result, with a_half in place of a."""
-        if acc.a_half is None:
+    def estimate_parts(self, acc: StreamingStatistics | GramAccumulator, K: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+        """Influence [P, L, n] float64 against each validation part (None when ``acc`` has no a_parts): the same
+        estimator, λ and K (or stored gradients) as the full result, with a_p in place of a. DataInf scores all
+        parts in one more pair of reads of the stored gradients; the Gram route solves once per part."""
+        if acc.a_parts is None:
             return None
         if isinstance(acc, StreamingStatistics):
-            return self._per_block(get_estimator(self.args).from_statistics(acc.for_validation_half(),
+            return self._per_block(get_estimator(self.args).from_statistics(acc.for_validation_parts(),
                                                                              acc.damping(self.args)))
-        return self.estimate(acc.a_half, K)[0]
+        return torch.stack([self.estimate(a_p, K)[0] for a_p in acc.a_parts])
 
     def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
@@ -409,18 +425,19 @@ class InfluenceEngine:
         try:
             checkpointing = spill_dir is not None and resume_key is not None
             saved = load_validation_gradients(spill_dir, resume_key, len(self.blocks)) if checkpointing else None
+            parts = self.validation_part_count(num_eval)
+            if saved is not None and (0 if saved[1] is None else saved[1][0].shape[0]) != parts:
+                saved = None  # saved with other validation parts: the validation pass is run again
             if saved is None:
-                v, v_half = self.validation_gradients(eval_loader, num_eval)
+                v, v_parts = self.validation_gradients(eval_loader, num_eval)
                 if checkpointing:
-                    save_validation_gradients(spill_dir, resume_key, v, v_half)
+                    save_validation_gradients(spill_dir, resume_key, v, v_parts)
             else:
-                v, v_half = saved
-            if not getattr(self.args, "validation_split_half", True):
-                v_half = None
+                v, v_parts = saved
             device = v[0].device
             v = [t.to(device) for t in v]
-            v_half = None if v_half is None else [t.to(device) for t in v_half]
-            acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key, v_half=v_half)
+            v_parts = None if v_parts is None else [t.to(device) for t in v_parts]
+            acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key, v_parts=v_parts)
             K = None
             if isinstance(acc, StreamingStatistics):
                 influence, damping, settings = self.estimate_streaming(acc)
@@ -429,12 +446,12 @@ class InfluenceEngine:
                 if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
                     K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
                 influence, damping, settings = self.estimate(a, K)
-            influence_half = self.estimate_half(acc, K=K)
+            influence_parts = self.estimate_parts(acc, K=K)
         finally:
             if temp is not None:
                 temp.cleanup()
-        fraction = (num_eval // 2) / num_eval if influence_half is not None else None
-        return EngineResult(influence, damping, settings, losses, acc, influence_half, fraction)
+        weights = part_weights(num_eval, influence_parts.shape[0]) if influence_parts is not None else None
+        return EngineResult(influence, damping, settings, losses, acc, influence_parts, weights)
 
 
 def _finite_rows(grads: list[torch.Tensor]) -> torch.Tensor:

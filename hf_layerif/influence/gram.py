@@ -72,8 +72,9 @@ class GramAccumulator(ResumableAccumulator):
             formed by one process only (each process takes a slice of every window's rows); the others leave it
             zero, and the caller sums K over the processes (:meth:`InfluenceEngine.run` does), so the
             Gram FLOPs are split P ways.
-        validation_half: the first validation half's mean gradient, [d_l] per block (or None): ``a_half`` = G v_half
-            is formed beside ``a``, so an estimator can score against that half with the same K.
+        validation_parts: the mean gradient of each of the P validation parts, [P, d_l] per block (or None):
+            ``a_parts`` [P, G, n], a_p = G v_p, is formed beside ``a``, so an estimator can score against each part
+            with the same K.
     """
 
     STATE_TENSORS = ("a", "K")
@@ -83,7 +84,7 @@ class GramAccumulator(ResumableAccumulator):
     def __init__(self, layout: GroupLayout, validation_gradients: list[torch.Tensor], num_samples: int,
                  compute_dtype: torch.dtype, memory_budget_bytes: int, spill_dir: str | os.PathLike | None = None,
                  store_dtype: torch.dtype | None = None, shard: tuple[int, int] = (0, 1),
-                 validation_half: list[torch.Tensor] | None = None):
+                 validation_parts: list[torch.Tensor] | None = None):
         self._set_inputs(layout, validation_gradients, num_samples, compute_dtype, memory_budget_bytes, spill_dir,
                          store_dtype, over_budget_hint="Pass output_dir= / cache_dir=, raise gradient_memory_gb, use "
                          "gradient_dtype='bfloat16', or use projection_dim= with target='full'.")
@@ -91,11 +92,11 @@ class GramAccumulator(ResumableAccumulator):
         G = layout.num_groups
         self.a = torch.zeros(G, num_samples, dtype=compute_dtype)
         self.K = torch.zeros(G, num_samples, num_samples, dtype=compute_dtype)
-        self.v_half = validation_half
-        self.a_half = None
-        if validation_half is not None:
-            self.a_half = torch.zeros(G, num_samples, dtype=compute_dtype)
-            self.STATE_TENSORS = (*type(self).STATE_TENSORS, "a_half")
+        self.v_parts = validation_parts
+        self.a_parts = None
+        if validation_parts is not None:
+            self.a_parts = torch.zeros(validation_parts[0].shape[0], G, num_samples, dtype=compute_dtype)
+            self.STATE_TENSORS = (*type(self).STATE_TENSORS, "a_parts")
         self.rows_done = 0
         self._group_offsets = []
         offset = 0
@@ -154,12 +155,13 @@ class GramAccumulator(ResumableAccumulator):
         for l, bounds in enumerate(self.layout.bounds):
             block = stored[l].to(self.compute_dtype)
             v = self.v[l].to(block.device, self.compute_dtype)
-            v_half = None if self.v_half is None else self.v_half[l].to(block.device, self.compute_dtype)
+            v_parts = None if self.v_parts is None else self.v_parts[l].to(block.device, self.compute_dtype)
             for j in range(len(bounds) - 1):
                 lo, hi = bounds[j], bounds[j + 1]
                 self.a[self._group_offsets[l] + j, start:start + c] = (block[:, lo:hi] @ v[lo:hi]).to("cpu")
-                if v_half is not None:
-                    self.a_half[self._group_offsets[l] + j, start:start + c] = (block[:, lo:hi] @ v_half[lo:hi]).to("cpu")
+                if v_parts is not None:
+                    self.a_parts[:, self._group_offsets[l] + j, start:start + c] = \
+                        (v_parts[:, lo:hi] @ block[:, lo:hi].T).to("cpu")
         self.rows_done += c
         if self.rows_done < self.n and self.gradients.full():
             self.flush()

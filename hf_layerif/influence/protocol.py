@@ -46,15 +46,15 @@ def _draw_scales(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.abs().mean(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
 
 
-def average_validation_halves(draws: list[torch.Tensor], halves: list[torch.Tensor | None]) -> torch.Tensor | None:
-    """The influence against the first validation half [L, n] float64, averaged over the draws with the full
-    draws' normalisation (each half divided by its own draw's mean |I|, as :func:`normalise_draws` divides that
-    draw), so that it is to the averaged influence what one draw's half is to that draw. None when a draw has none."""
-    if not halves or any(h is None for h in halves):
+def average_validation_parts(draws: list[torch.Tensor], parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The influence against each validation part [P, L, n] float64, averaged over the draws with the full draws'
+    normalisation (each draw's parts divided by that draw's mean |I|, as :func:`normalise_draws` divides the draw),
+    so that it is to the averaged influence what one draw's parts are to that draw. None when a draw has none."""
+    if not parts or any(p is None for p in parts):
         return None
     scales = _draw_scales(torch.stack([d.to(torch.float64) for d in draws]))
-    stacked = torch.stack([h.to(torch.float64) for h in halves])
-    return (stacked / scales[:, None, None] * scales.mean()).mean(0)
+    stacked = torch.stack([p.to(torch.float64) for p in parts])  # [R, P, L, n]
+    return (stacked / scales[:, None, None, None] * scales.mean()).mean(0)
 
 
 def _draw_files(checkpoint_dir: Path, draw: int) -> tuple[Path, Path]:
@@ -62,22 +62,22 @@ def _draw_files(checkpoint_dir: Path, draw: int) -> tuple[Path, Path]:
 
 
 def _save_draw(checkpoint_dir: Path | None, draw: int, key: dict | None, influence: torch.Tensor, fit: dict | None,
-               influence_half: torch.Tensor | None = None) -> None:
-    """Keep a finished adapter draw's influence matrix [L, n] (and its validation half's, when formed) in
+               influence_parts: torch.Tensor | None = None) -> None:
+    """Keep a finished adapter draw's influence matrix [L, n] (and its validation parts' [P, L, n], when formed) in
     safetensors with the run's key, so that an interrupted run does not compute it again."""
     if checkpoint_dir is None:
         return
     tensor_file, meta_file = _draw_files(checkpoint_dir, draw)
     tensors = {"influence": influence}
-    if influence_half is not None:
-        tensors["influence_half"] = influence_half
+    if influence_parts is not None:
+        tensors["influence_parts"] = influence_parts.contiguous()
     write_safetensors(tensor_file, tensors)
     write_json(meta_file, {"key": key, "fit": fit})
 
 
 def _load_draw(checkpoint_dir: Path | None, draw: int, key: dict | None
                ) -> tuple[torch.Tensor, dict | None, torch.Tensor | None] | None:
-    """A draw saved by :func:`_save_draw` for this very run (same key) as (influence, fit, influence_half), else
+    """A draw saved by :func:`_save_draw` for this very run (same key) as (influence, fit, influence_parts), else
     None."""
     if checkpoint_dir is None:
         return None
@@ -88,7 +88,7 @@ def _load_draw(checkpoint_dir: Path | None, draw: int, key: dict | None
     if meta.get("key") != key:
         return None
     tensors = read_safetensors(tensor_file)
-    return tensors["influence"], meta.get("fit"), tensors.get("influence_half")
+    return tensors["influence"], meta.get("fit"), tensors.get("influence_parts")
 
 
 def draw_seed(seed: int, draw: int) -> int:
@@ -128,8 +128,8 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
     Returns:
         (first :class:`~hf_layerif.influence.engine.EngineResult`, influence [L, n] float64 (averaged over draws),
         per-draw block scores [draws, L] or None, the normalised draws [draws, L, n] or None, protocol description
-        for the provenance, the influence against the first validation half [L, n] float64 averaged the same way
-        or None).
+        for the provenance, the influence against each validation part [P, L, n] float64 averaged the same way or
+        None).
     """
     args = engine.args
     model = engine.model
@@ -170,16 +170,16 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
         engine.configure_capture()
         first = engine.run(train_loader(), eval_loader(), num_train, num_eval, checkpoint_dir, resume_key, cache_dir)
         influence = first.influence
-        influence_half = first.influence_half
+        influence_parts = first.influence_parts
         repeat_scores = normalised = None
         if repeats > 1:
-            draws, halves = [influence], [influence_half]
+            draws, parts = [influence], [influence_parts]
             for r in range(1, repeats):
                 saved_draw = _load_draw(checkpoint_dir, r, resume_key)
                 if saved_draw is not None:  # finished before an interruption: not recomputed
                     draws.append(saved_draw[0])
                     fits.append(saved_draw[1])
-                    halves.append(saved_draw[2])
+                    parts.append(saved_draw[2])
                     logger.info("Loaded adapter draw %d of the checkpoint in %s.", r, checkpoint_dir)
                     continue
                 redraw_adapter(engine.tracked, draw_seed(args.seed, r))
@@ -187,12 +187,12 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
                 engine.configure_capture()
                 result = engine.run(train_loader(), eval_loader(), num_train, num_eval, None, None, cache_dir)
                 draws.append(result.influence)
-                halves.append(result.influence_half)
+                parts.append(result.influence_parts)
                 if accelerator is None or accelerator.is_main_process:
-                    _save_draw(checkpoint_dir, r, resume_key, draws[-1], fits[-1], halves[-1])
+                    _save_draw(checkpoint_dir, r, resume_key, draws[-1], fits[-1], parts[-1])
             influence, repeat_scores = average_draws(draws, args.aggregation, args.fraction)
             normalised = normalise_draws(draws)
-            influence_half = average_validation_halves(draws, halves)
+            influence_parts = average_validation_parts(draws, parts)
     finally:
         if original is not None:
             restore(params, keep)
@@ -207,6 +207,6 @@ def score_with_protocol(engine: InfluenceEngine, train_loader, eval_loader, num_
                 "draw_seeds": [args.seed] + [draw_seed(args.seed, r) for r in range(1, repeats)],
                 "normalisation": "each draw divided by its mean |I|, then averaged" if repeats > 1 else None,
                 "fits": fits or None}
-    if influence_half is not None:
-        protocol["validation_half_fraction"] = first.validation_half_fraction
-    return first, influence, repeat_scores, normalised, protocol, influence_half
+    if influence_parts is not None:
+        protocol["validation_parts"] = len(first.validation_part_weights)
+    return first, influence, repeat_scores, normalised, protocol, influence_parts

@@ -149,8 +149,8 @@ def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train:
     model = engine.model
     accelerator = engine.accelerator
     started = time.time()
-    first, influence, repeat_scores, draws, protocol, influence_half = score_with_protocol(engine, train_loader, eval_loader, num_train,
-                                                                    num_eval, checkpoint_dir, resume_key, cache_dir)
+    first, influence, repeat_scores, draws, protocol, influence_parts = score_with_protocol(
+        engine, train_loader, eval_loader, num_train, num_eval, checkpoint_dir, resume_key, cache_dir)
     damping, est_settings, losses = first.damping, first.settings, first.losses
     warn_outside_regime(args.estimator, est_settings.get("curvature_ratio"), list(engine.blocks.names),
                         engine.layout.group_to_block().tolist())
@@ -179,8 +179,8 @@ def _run_and_save(engine: InfluenceEngine, train_loader, eval_loader, num_train:
         train_losses=losses.to(torch.float32),
         repeat_block_scores=repeat_scores,
         draw_influence=None if draws is None else draws.to(torch.float32),
-        validation_half_influence=None if influence_half is None else influence_half.to(torch.float32),
-        validation_half_fraction=first.validation_half_fraction if influence_half is not None else None,
+        validation_part_influence=None if influence_parts is None else influence_parts.to(torch.float32),
+        validation_part_weights=first.validation_part_weights if influence_parts is not None else None,
     )
     scores.warn_if_unstable()
     if output_dir is not None:

@@ -37,7 +37,11 @@ def scores_table(result, aggregation: str | None = None) -> str:
                      f"{floor_to(rep['pairwise_spearman_min']):.3f}")
     validation = result.stability().get("validation")
     if validation:
-        lines.append(f"agreement of the two validation halves: Spearman {floor_to(validation['split_half_spearman']):.3f} "
+        splits = validation.get("splits", 1)
+        spread = (f", mean of {splits} splits of {validation['parts']} parts, range "
+                  f"{floor_to(validation['split_half_spearman_range'][0]):.3f} to "
+                  f"{floor_to(validation['split_half_spearman_range'][1]):.3f}" if splits > 1 else "")
+        lines.append(f"agreement of validation halves: Spearman {floor_to(validation['split_half_spearman']):.3f}{spread} "
                      f"(a new validation set of the full size: {floor_to(validation['full_size_spearman']):.3f})")
     verdict = result.stability().get("reproducibility")
     if verdict:

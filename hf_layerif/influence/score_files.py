@@ -44,7 +44,7 @@ def scores_json(scores, aggregations) -> dict[str, Any]:
         "block_scores": {agg: scores.block_scores(agg).tolist() for agg in aggregations},
         "stability": scores.stability(),
         "repeat_block_scores": None if scores.repeat_block_scores is None else scores.repeat_block_scores.tolist(),
-        "validation_half_fraction": scores.validation_half_fraction,
+        "validation_part_weights": scores.validation_part_weights,
         "provenance": scores.provenance,
     }
 
@@ -58,8 +58,8 @@ def write_scores(scores, save_directory: str | os.PathLike, aggregations) -> Non
         tensors["train_losses"] = scores.train_losses.to(torch.float32)
     if scores.draw_influence is not None:
         tensors["draw_influence"] = scores.draw_influence.to(torch.float32).contiguous()
-    if scores.validation_half_influence is not None:
-        tensors["validation_half_influence"] = scores.validation_half_influence.to(torch.float32).contiguous()
+    if scores.validation_part_influence is not None:
+        tensors["validation_part_influence"] = scores.validation_part_influence.to(torch.float32).contiguous()
     write_safetensors(path / INFLUENCE_FILE, tensors, metadata={"format": SCORES_FORMAT, "sign_convention": SIGN_CONVENTION})
     write_json(path / SCORES_JSON, scores_json(scores, aggregations))
 
@@ -71,6 +71,13 @@ def read_scores(repo_id_or_path: str | os.PathLike, revision: str | None = None)
     meta = read_versioned_json(meta_file, SCORES_FORMAT, SCORES_FORMAT_VERSION, "LayerInfluenceScores")
     tensors = read_safetensors(resolve_file(repo_id_or_path, INFLUENCE_FILE, revision))
     repeats = meta.get("repeat_block_scores")
+    parts, weights = tensors.get("validation_part_influence"), meta.get("validation_part_weights")
+    if parts is None and tensors.get("validation_half_influence") is not None:
+        # saved before the parts: the first half and, by linearity, the second make two parts
+        f = float(meta["validation_half_fraction"])
+        half = tensors["validation_half_influence"].to(torch.float64)
+        parts = torch.stack([half, (tensors["influence"].to(torch.float64) - f * half) / (1 - f)])
+        weights = [f, 1 - f]
     return dict(
         influence=tensors["influence"],
         block_names=list(meta["block_names"]),
@@ -82,7 +89,7 @@ def read_scores(repo_id_or_path: str | os.PathLike, revision: str | None = None)
         train_losses=tensors.get("train_losses"),
         repeat_block_scores=None if repeats is None else torch.tensor(repeats, dtype=torch.float64),
         draw_influence=tensors.get("draw_influence"),
-        validation_half_influence=tensors.get("validation_half_influence"),
-        validation_half_fraction=meta.get("validation_half_fraction"),
+        validation_part_influence=parts,
+        validation_part_weights=weights,
         _stability=meta.get("stability"),
     )

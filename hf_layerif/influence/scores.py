@@ -40,6 +40,7 @@ from .stability import (
     summarize_block_score_samples,
     summarize_draws,
 )
+from .validation_parts import split_block_scores
 
 logger = get_logger(__name__)
 
@@ -115,11 +116,11 @@ class LayerInfluenceScores:
         repeat_block_scores: [repeats, num_blocks] block scores of repeated adapter initialisations (or None).
         draw_influence: [repeats, num_blocks, num_train] the normalised influence matrix of each adapter draw (or
             None), so that another aggregation has its own draw statistics (:meth:`with_reporting`).
-        validation_half_influence: [num_blocks, num_train] the influence against the mean gradient of the first
-            ``validation_half_fraction`` of the validation samples (averaged over draws like ``influence``), or
-            None. Influence is linear in that gradient, so the second half's is (influence − f · this) / (1 − f);
-            the stability report compares the two halves' rankings.
-        validation_half_fraction: f = (m // 2) / m for m validation samples (None without the halves).
+        validation_part_influence: [P, num_blocks, num_train] the influence against the mean gradient of each of
+            the P interleaved parts of the validation samples (averaged over draws like ``influence``), or None.
+            Influence is linear in that gradient, so a union of parts scores as their weighted mean; the stability
+            report compares the rankings of every balanced pair of halves (:mod:`.validation_parts`).
+        validation_part_weights: [P] w_p = m_p / m, summing to 1 (None without the parts).
     """
 
     influence: torch.Tensor
@@ -132,8 +133,8 @@ class LayerInfluenceScores:
     train_losses: torch.Tensor | None = None
     repeat_block_scores: torch.Tensor | None = None
     draw_influence: torch.Tensor | None = None
-    validation_half_influence: torch.Tensor | None = None
-    validation_half_fraction: float | None = None
+    validation_part_influence: torch.Tensor | None = None
+    validation_part_weights: list[float] | None = None
     # the stability of the default reporting settings, computed once (a cache of a pure function of the fields)
     _stability: dict | None = field(default=None, repr=False, compare=False)
 
@@ -141,14 +142,17 @@ class LayerInfluenceScores:
         if self.influence.dim() != 2 or self.influence.shape[0] != len(self.block_names):
             raise ValueError(f"influence must be [num_blocks={len(self.block_names)}, num_train], got {tuple(self.influence.shape)}")
         object.__setattr__(self, "influence", self.influence.to(torch.float32))
-        half = self.validation_half_influence
-        if half is not None:
-            if tuple(half.shape) != tuple(self.influence.shape):
-                raise ValueError(f"validation_half_influence must have the influence's shape {tuple(self.influence.shape)}, "
-                                 f"got {tuple(half.shape)}")
-            if self.validation_half_fraction is None or not 0 < self.validation_half_fraction < 1:
-                raise ValueError("validation_half_influence needs validation_half_fraction in (0, 1).")
-            object.__setattr__(self, "validation_half_influence", half.to(torch.float32))
+        parts = self.validation_part_influence
+        if parts is not None:
+            if parts.dim() != 3 or tuple(parts.shape[1:]) != tuple(self.influence.shape) or parts.shape[0] % 2:
+                raise ValueError(f"validation_part_influence must be [P, {', '.join(map(str, self.influence.shape))}] "
+                                 f"with an even P, got {tuple(parts.shape)}")
+            weights = self.validation_part_weights
+            if weights is None or len(weights) != parts.shape[0] or min(weights) <= 0 or abs(sum(weights) - 1) > 1e-6:
+                raise ValueError(f"validation_part_influence needs validation_part_weights: {parts.shape[0]} positive "
+                                 f"weights m_p / m summing to 1, got {weights}.")
+            object.__setattr__(self, "validation_part_influence", parts.to(torch.float32))
+            object.__setattr__(self, "validation_part_weights", [float(w) for w in weights])
 
     @property
     def num_blocks(self) -> int:
@@ -171,19 +175,17 @@ class LayerInfluenceScores:
         fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
         return aggregate_block_scores(self.influence, aggregation, fraction)
 
-    def validation_half_scores(self, aggregation: str | None = None, fraction: float | None = None
-                               ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Block scores [num_blocks] float64 against the first and the second half of the validation samples (None
-        when the run did not form the halves)."""
-        if self.validation_half_influence is None:
+    def validation_split_scores(self, aggregation: str | None = None, fraction: float | None = None
+                                ) -> torch.Tensor | None:
+        """Block scores [S, 2, num_blocks] float64 of the two halves of each of the S balanced splits of the
+        validation parts (:func:`~hf_layerif.influence.validation_parts.balanced_splits`; None when the run did not
+        form the parts)."""
+        if self.validation_part_influence is None:
             return None
         aggregation = aggregation or self.arguments.get("aggregation", "positive")
         fraction = self.arguments.get("fraction", 0.25) if fraction is None else fraction
-        f = float(self.validation_half_fraction)
-        first = self.validation_half_influence.to(torch.float64)
-        second = (self.influence.to(torch.float64) - f * first) / (1 - f)
-        return (aggregate_block_scores(first, aggregation, fraction),
-                aggregate_block_scores(second, aggregation, fraction))
+        return split_block_scores(self.validation_part_influence, self.validation_part_weights,
+                                  lambda x: aggregate_block_scores(x, aggregation, fraction))
 
     def ranking(self, aggregation: str | None = None) -> list[int]:
         """Block indices from the highest to the lowest score."""
@@ -197,11 +199,12 @@ class LayerInfluenceScores:
         Returns a dict with per-block ``mean``, ``std``, ``p05``, ``p95``, Spearman of resampled rankings to the
         full-data ranking (``spearman_to_full_mean`` / ``_p05``), ``pairwise_spearman_mean``, ``stable``, and
         when repeats were run, the same statistics over adapter initialisations under ``repeats``; when the run
-        formed the validation halves, under ``validation`` the Spearman between the two halves' rankings
-        (``split_half_spearman``) and what it gives for a new validation set of the full size
-        (``full_size_spearman``); under ``reproducibility`` the verdict: the Spearman predicted between this run's ranking and an independent
-        run's (:func:`~hf_layerif.influence.stability.predicted_reproducibility`) and ``stable`` (it reaches
-        :data:`UNSTABLE_SPEARMAN`).
+        formed the validation parts, under ``validation`` the Spearman between two halves' rankings averaged over
+        every balanced split of the parts (``split_half_spearman``, with its ``split_half_spearman_range``, the
+        ``splits`` and ``parts``) and what it gives for a new validation set of the full size
+        (``full_size_spearman``); under ``reproducibility`` the verdict: the Spearman predicted between this run's
+        ranking and an independent run's (:func:`~hf_layerif.influence.stability.predicted_reproducibility`) and
+        ``stable`` (it reaches :data:`UNSTABLE_SPEARMAN`).
         """
         default = num_resamples is None and aggregation is None and seed is None
         if default and self._stability is not None:
@@ -224,12 +227,16 @@ class LayerInfluenceScores:
                 draws = None  # scores of an older version kept the per-draw scores of their own aggregation only
             if draws is not None:
                 result["repeats"] = summarize_draws(draws, reference)
-        halves = self.validation_half_scores(aggregation, fraction)
-        if halves is not None:
-            q = spearman(halves[0].numpy(), halves[1].numpy())
+        splits = self.validation_split_scores(aggregation, fraction)
+        if splits is not None:
+            agreements = [spearman(pair[0].numpy(), pair[1].numpy()) for pair in splits]
+            q = float(np.mean(agreements))
+            # the standard error of one split's Spearman: an upper bound for the mean over the splits
             result["validation"] = {"split_half_spearman": q, "full_size_spearman": split_half_step_up(q),
                                     "split_half_spearman_high": spearman_upper(q, self.num_blocks),
-                                    "half_fraction": float(self.validation_half_fraction)}
+                                    "split_half_spearman_range": [float(min(agreements)), float(max(agreements))],
+                                    "parts": int(self.validation_part_influence.shape[0]),
+                                    "splits": int(splits.shape[0])}
         draws = result.get("repeats")
         boot = result.get("bootstrap")
         validation = result.get("validation")
@@ -311,8 +318,9 @@ class LayerInfluenceScores:
                 parts.append(f"bootstrap resamples of the training samples agreeing at "
                              f"{floor_to(boot['pairwise_spearman_mean']):.3f}")
             if validation:
-                parts.append(f"the two halves of the validation samples agreeing at "
-                             f"{floor_to(validation['split_half_spearman']):.3f}")
+                splits = validation.get("splits", 1)
+                parts.append(f"halves of the validation samples agreeing at {floor_to(validation['split_half_spearman']):.3f}"
+                             + (f" (mean of {splits} splits)" if splits > 1 else ""))
             fix = {"draws": "Average more draws (repeats=) or fit the scoring adapter longer (fit_steps=)",
                    "training": "Score more training samples",
                    "validation": "Use more validation samples"}[max(costs, key=costs.get)]
