@@ -157,6 +157,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (medians are reported)")
     parser.add_argument("--fitted", action="store_true", help="score an adapter with non-zero B (as after fitting)")
     parser.add_argument("--estimator", default="datainf")
+    parser.add_argument("--parts_overhead", action="store_true",
+                        help="also time each run without the validation parts (validation_split_half=False), "
+                             "alternating, and report the ratio")
     parser.add_argument("--target", default="lora", choices=["lora", "full"])
     parser.add_argument("--projection_dim", type=int, default=None)
     parser.add_argument("--n_sweep", default=None, help="comma-separated n: one fresh process per n, then a table and "
@@ -183,7 +186,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     options = dict(estimator=args.estimator, target=args.target, projection_dim=args.projection_dim, repeats=1)
-    floors, times = [], []
+    floors, times, without_parts = [], [], []
     for _ in range(args.repeats):  # alternate floor and ours, so that drifts of the machine hit both alike
         floors.append(time_floor(model, train + val, args.batch_size, args.device))
         sync(args.device)
@@ -192,6 +195,12 @@ def main() -> None:
                                          bootstrap_samples=0, gradient_memory_gb=64.0, **options)
         sync(args.device)
         times.append(time.perf_counter() - start)
+        if args.parts_overhead:
+            start = time.perf_counter()
+            compute_layer_influence(model, train, val, batch_size=args.batch_size, progress=False, bootstrap_samples=0,
+                                    gradient_memory_gb=64.0, validation_split_half=False, **options)
+            sync(args.device)
+            without_parts.append(time.perf_counter() - start)
     floor, ours = statistics.median(floors), statistics.median(times)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     loop = None if args.skip_loop else time_per_sample_loop(model, train, val, args.device)
@@ -202,6 +211,11 @@ def main() -> None:
         "batch_size": args.batch_size, "num_blocks": scores.num_blocks, "repeats": args.repeats,
         "compute_layer_influence_s": round(ours, 3), "floor_forward_backward_s": round(floor, 3),
         "ratio_to_floor": round(ours / floor, 3),
+        "validation_parts": (scores.validation_part_influence.shape[0]
+                             if scores.validation_part_influence is not None else None),
+        **({"without_validation_parts_s": round(statistics.median(without_parts), 3),
+            "validation_parts_overhead": round(statistics.median(t / w for t, w in zip(times, without_parts)), 3)}
+           if without_parts else {}),
         "per_sample_loop_s": None if loop is None else round(loop, 3),
         "speedup_vs_per_sample_loop": None if loop is None else round(loop / ours, 2),
         **{f"kronfluence_{k}_fit_score_s": round(v, 3) for k, v in kron.items()},

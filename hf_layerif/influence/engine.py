@@ -138,11 +138,12 @@ class InfluenceEngine:
         ``batch_gradients`` (compute device): one batch of per-sample gradients of all processes.
         ``stored_gradients`` (compute device up to ``gradient_memory_gb``, then disk): all per-sample gradients,
         kept by DataInf and the Gram estimators; TracIn keeps none.
-        ``statistics`` (compute device): a and ‖g‖², groups × n values.
+        ``statistics`` (compute device): a, ‖g‖² and a_p of each validation part (at most ``validation_parts``),
+        (2 + P) × groups × n values.
         ``gram`` (CPU, Gram estimators only): K (groups × n², compute dtype), its copy in ``solve_dtype`` (none
         when the two agree) and the solve's workspace.
-        ``spill_traffic`` (disk reads): spilled gradients read back: twice for DataInf; for the Gram route each
-        window is read once per later window.
+        ``spill_traffic`` (disk reads): spilled gradients read back: twice for DataInf, twice more with the
+        validation parts; for the Gram route each window is read once per later window.
         """
         total_dim = sum(self.dims_per_block)
         compute = float(torch.empty(0, dtype=self.compute_dtype).element_size())
@@ -153,10 +154,11 @@ class InfluenceEngine:
         if self.streaming and procs > 1:
             stored /= procs  # each process keeps only its own samples' gradients
         budget = self.args.gradient_memory_gb * 2**30
+        parts = self.args.validation_parts if self.args.validation_split_half else 0
         plan = {"batch_gradients": self.args.batch_size * procs * total_dim * compute,
-                "stored_gradients": stored, "statistics": 2 * groups * num_train * compute}
+                "stored_gradients": stored, "statistics": (2 + parts) * groups * num_train * compute}
         if self.streaming:
-            plan["spill_traffic"] = 2 * stored if stored > budget else 0.0
+            plan["spill_traffic"] = (4 if parts else 2) * stored if stored > budget else 0.0
         else:
             solve = 8.0 if self.args.solve_dtype == "float64" else 4.0
             # K as formed, its copy in the solve dtype (none when the dtypes agree) and the solve's workspace
@@ -306,9 +308,9 @@ class InfluenceEngine:
 
     def validation_part_count(self, num_samples: int) -> int:
         """P, the number of validation parts this run forms for ``num_samples`` validation samples (0: none)."""
-        if not getattr(self.args, "validation_split_half", True):
+        if not self.args.validation_split_half:
             return 0
-        return validation_part_count(num_samples, getattr(self.args, "validation_parts", 2))
+        return validation_part_count(num_samples, self.args.validation_parts)
 
     def training_statistics(self, loader: Iterable[dict], num_samples: int, v: list[torch.Tensor],
                             spill_dir: Path | None = None, resume_key: dict | None = None, streaming: bool | None = None,
