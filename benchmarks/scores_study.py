@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--jsonl", default=None)
     parser.add_argument("--write_results", default=None, nargs="*")
     parser.add_argument("--summarize_only", action="store_true")
+    parser.add_argument("--save_scores", default=None,
+                        help="also save each stability run's scores (save_pretrained) under this folder, one "
+                             "subfolder per run, for analysis after the run")
     args = parser.parse_args()
     # one protocol per model's table: every row of a table was made with these (recorded in each row)
     small = args.model == "stories260k"
@@ -182,6 +185,8 @@ def run(args, jsonl: str) -> None:
                                          fit_steps=args.stability_fit_steps)
         seconds = time.time() - started
         model.unload()
+        if args.save_scores:
+            scores.save_pretrained(Path(args.save_scores) / "_".join(f"{k}-{v}" for k, v in key.items()))
         info = scores.stability()
         results.record(key, {"scores": scores.block_scores().tolist(), "seconds": seconds,
                              "fit_steps": scores.arguments["fit_steps"], "draws": scores.provenance["protocol"]["draws"],
