@@ -297,17 +297,17 @@ def _same_validation_prediction(row: dict) -> float | None:
 
 def _verdict(row: dict) -> str:
     """The verdict the package's report gives a row's figures (LayerInfluenceScores.stability): "stable",
-    "uncertain" (under 0.8, but not with the validation halves' agreement one standard error higher) or
-    "unstable"."""
-    from hf_layerif.influence.stability import predicted_reproducibility, reaches_threshold, spearman_upper
+    "uncertain" (within one standard error of 0.8) or "unstable"."""
+    from hf_layerif.influence.stability import (
+        predicted_reproducibility,
+        reproducibility_standard_error,
+        reproducibility_verdict,
+    )
 
-    q = row.get("validation_split_half")
-    args = (row.get("draw_agreement"), row.get("draws") or 1, row.get("bootstrap_agreement"))
-    predicted = predicted_reproducibility(*args, q)
-    if reaches_threshold(predicted):
-        return "stable"
-    high = predicted if q is None else predicted_reproducibility(*args, spearman_upper(q, len(row["scores"])))
-    return "uncertain" if reaches_threshold(high) else "unstable"
+    figures = (row.get("draw_agreement"), row.get("draws") or 1, row.get("bootstrap_agreement"),
+               row.get("validation_split_half"))
+    return reproducibility_verdict(predicted_reproducibility(*figures),
+                                   reproducibility_standard_error(*figures, len(row["scores"])))
 
 
 def summarize_stability(rows: list[dict]) -> str:
@@ -330,21 +330,20 @@ def summarize_stability(rows: list[dict]) -> str:
              "predicted, new validation: mean [min] (runs) | runs called unstable / uncertain | seconds per run (median) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def q_from(r: dict) -> str:
-        if r.get("validation_split_half") is None:
-            return "—"
-        parts = r.get("validation_parts")
-        return f"{parts} parts" if parts else "one split"
-
     def cell(r: dict) -> tuple:
         return (r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"],
-                r["key"].get("validation", 32), q_from(r))
+                r["key"].get("validation", 32), r.get("validation_parts") or 0)
+
+    def q_from(group: list[dict]) -> str:
+        parts = {r.get("validation_parts") for r in group if r.get("validation_split_half") is not None}
+        return "—" if not parts else " / ".join(f"{p} parts" if p else "one split" for p in sorted(parts, key=bool))
 
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):.2f} [{min(values):.2f}]" if values else "—"
 
-    for task, steps, repeats, n, m, source in sorted({cell(r) for r in rows}):
-        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m, source)]
+    for task, steps, repeats, n, m, parts in sorted({cell(r) for r in rows}):
+        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m, parts)]
+        source = q_from(group)
         pairs = _pairwise([r["scores"] for r in group])
         same = [p for p in (_same_validation_prediction(r) for r in group) if p is not None]
         new = [r["predicted"] for r in group if r.get("validation_split_half") is not None]

@@ -53,13 +53,14 @@ def scores_table(result, aggregation: str | None = None) -> str:
 
 
 def _verdict_mark(verdict: dict) -> str:
-    """"" for a stable prediction, "  [UNSTABLE]" when it stays below the threshold with the validation halves'
-    agreement one standard error higher, "  [UNCERTAIN: ...]" in between."""
+    """" ± SE" after the prediction, then "" when stable, "  [UNSTABLE]" when it is under the threshold by more than
+    one standard error, "  [UNCERTAIN: ...]" when the standard error straddles it."""
     kind = verdict.get("verdict", "stable" if verdict["stable"] else "unstable")
+    se = verdict.get("predicted_spearman_se")
+    spread = f" ± {se:.3f}" if se else ""
     marks = {"stable": "", "unstable": "  [UNSTABLE]",
-             "uncertain": f"  [UNCERTAIN: {floor_to(verdict.get('predicted_spearman_high', 0.0)):.3f} with the "
-                          "validation halves' agreement one standard error higher]"}
-    return marks[kind]
+             "uncertain": "  [UNCERTAIN: within one standard error of 0.8]"}
+    return spread + marks[kind]
 
 
 def plot_scores(result, path: str | os.PathLike, aggregation: str | None = None, title: str | None = None) -> Path:

@@ -34,8 +34,9 @@ from .stability import (
     floor_to,
     predicted_reproducibility,
     reaches_threshold,
+    reproducibility_standard_error,
+    reproducibility_verdict,
     spearman,
-    spearman_upper,
     split_half_step_up,
     summarize_block_score_samples,
     summarize_draws,
@@ -231,28 +232,23 @@ class LayerInfluenceScores:
         if splits is not None:
             agreements = [spearman(pair[0].numpy(), pair[1].numpy()) for pair in splits]
             q = float(np.mean(agreements))
-            # the standard error of one split's Spearman: an upper bound for the mean over the splits
             result["validation"] = {"split_half_spearman": q, "full_size_spearman": split_half_step_up(q),
-                                    "split_half_spearman_high": spearman_upper(q, self.num_blocks),
                                     "split_half_spearman_range": [float(min(agreements)), float(max(agreements))],
                                     "parts": int(self.validation_part_influence.shape[0]),
                                     "splits": int(splits.shape[0])}
         draws = result.get("repeats")
         boot = result.get("bootstrap")
         validation = result.get("validation")
-        predicted = predicted_reproducibility(draws["pairwise_spearman_mean"] if draws else None,
-                                              draws["num_samples"] if draws else 1,
-                                              boot["pairwise_spearman_mean"] if boot else None,
-                                              validation["split_half_spearman"] if validation else None)
+        figures = (draws["pairwise_spearman_mean"] if draws else None, draws["num_samples"] if draws else 1,
+                   boot["pairwise_spearman_mean"] if boot else None,
+                   validation["split_half_spearman"] if validation else None)
+        predicted = predicted_reproducibility(*figures)
         if predicted is not None:
-            # one split of the validation samples gives q: the verdict "unstable" asks that the prediction stay below
-            # the threshold with q one standard error higher (over this many blocks), else it is "uncertain"
-            high = predicted if not validation else predicted_reproducibility(
-                draws["pairwise_spearman_mean"] if draws else None, draws["num_samples"] if draws else 1,
-                boot["pairwise_spearman_mean"] if boot else None, validation["split_half_spearman_high"])
-            verdict = ("stable" if reaches_threshold(predicted) else
-                       "unstable" if not reaches_threshold(high) else "uncertain")
-            result["reproducibility"] = {"predicted_spearman": predicted, "predicted_spearman_high": high,
+            # one run's figures move with its own samples and draws: the verdict is "stable" or "unstable" only when
+            # the prediction is one standard error clear of the threshold, else "uncertain"
+            se = reproducibility_standard_error(*figures, self.num_blocks)
+            verdict = reproducibility_verdict(predicted, se)
+            result["reproducibility"] = {"predicted_spearman": predicted, "predicted_spearman_se": se,
                                          "stable": verdict == "stable", "verdict": verdict,
                                          "draws_averaged": draws["num_samples"] if draws else 1,
                                          "new_validation_samples": validation is not None}
@@ -325,11 +321,11 @@ class LayerInfluenceScores:
                    "training": "Score more training samples",
                    "validation": "Use more validation samples"}[max(costs, key=costs.get)]
             runs = ("new validation samples" if validation else "the same validation samples")
-            high = info["reproducibility"].get("predicted_spearman_high", value)
-            bound = (f" (at most {floor_to(high):.3f} with the validation halves' agreement one standard error higher)"
-                     if validation else "")
+            se = info["reproducibility"].get("predicted_spearman_se")
+            bound = f" ± {se:.3f}" if se else ""
             logger.warning("The block ranking is unstable: it is predicted to reproduce at a Spearman of %.3f%s across "
-                           "independent runs of this protocol with %s (%s), below %.1f. %s before acting on it.",
+                           "independent runs of this protocol with %s (%s), below %.1f by more than its standard error. "
+                           "%s before acting on it.",
                            floor_to(value), bound, runs, "; ".join(parts), UNSTABLE_SPEARMAN, fix)
             return True
         if not figures:
