@@ -40,8 +40,14 @@ def test_two_processes_equal_one_process(tmp_path):
     train, val = random_samples(11, seed=21, prompt_mask=True), random_samples(5, seed=22)
     one = compute_layer_influence(model, train, val, batch_size=2, progress=False, bootstrap_samples=0)
     torch.testing.assert_close(two.influence, one.influence, rtol=1e-5, atol=1e-6 * one.influence.abs().max().item())
+    # the validation parts too: samples are assigned to parts in dataset order however the loader is sharded
+    assert two.validation_part_weights == one.validation_part_weights
+    torch.testing.assert_close(two.validation_part_influence, one.validation_part_influence, rtol=1e-5,
+                               atol=1e-6 * one.validation_part_influence.abs().max().item())
     assert not (tmp_path / "two" / "influence_checkpoint").exists()
     through_trainer = LayerInfluenceScores.from_pretrained(str(tmp_path / "two") + "-trainer")
     assert through_trainer.provenance["num_processes"] == 2
     torch.testing.assert_close(through_trainer.influence, one.influence, rtol=1e-5,
                                atol=1e-6 * one.influence.abs().max().item())
+    torch.testing.assert_close(through_trainer.validation_part_influence, one.validation_part_influence, rtol=1e-5,
+                               atol=1e-6 * one.validation_part_influence.abs().max().item())
