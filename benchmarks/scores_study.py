@@ -312,12 +312,12 @@ def _verdict(row: dict) -> str:
 
 def summarize_stability(rows: list[dict]) -> str:
     """Per (task, fit steps, draws averaged, training and validation samples): the Spearman between the rankings of
-    runs with different seeds; what each run's own report predicted for runs sharing its validation samples
-    (r_k + s − 1) and, for runs that formed the validation halves, for runs with new validation samples
-    (+ u − 1, METHOD §9); how many runs the report calls unstable and uncertain (:func:`_verdict`, the package's
-    current rule applied to each row's figures); the cost of one run. A seed run both before
-    and with the validation halves counts once (the later row; its scores are the same run's); a run again with the
-    validation parts (q averaged over every balanced split) is a row of its own, its report in the column "q from"."""
+    runs with different seeds (every seed run, whichever report it carries: the scores are the protocol's); what
+    each run's own report predicted for runs sharing its validation samples (r_k + s − 1) and, for runs that formed
+    the validation halves, for runs with new validation samples (+ u − 1, METHOD §9); how many runs the report calls
+    unstable and uncertain (:func:`_verdict`, the package's current rule applied to each row's figures); the cost of
+    one run. A seed run both before and with the validation halves counts once (the later row); a run again with the
+    validation parts (q averaged over every balanced split) has a line of its own, its report in "q from"."""
     rows = [r for r in rows if r["key"]["part"] == "stability" and "predicted" in r]
     latest: dict[str, dict] = {}
     for r in rows:
@@ -326,13 +326,13 @@ def summarize_stability(rows: list[dict]) -> str:
         latest[json.dumps(key, sort_keys=True)] = r
     rows = list(latest.values())
     lines = ["| task | fit steps | draws averaged | training samples | validation samples | runs | q from | "
-             "pairwise Spearman across seeds mean [min] | predicted, same validation: mean [min] | "
+             "pairwise Spearman across seeds mean [min] (seeds) | predicted, same validation: mean [min] | "
              "predicted, new validation: mean [min] (runs) | runs called unstable / uncertain | seconds per run (median) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(r: dict) -> tuple:
+    def setting(r: dict) -> tuple:
         return (r["key"].get("task", "tinystories"), r["fit_steps"], r["key"]["repeats"], r["key"]["n"],
-                r["key"].get("validation", 32), r.get("validation_parts") or 0)
+                r["key"].get("validation", 32))
 
     def q_from(group: list[dict]) -> str:
         parts = {r.get("validation_parts") for r in group if r.get("validation_split_half") is not None}
@@ -341,18 +341,20 @@ def summarize_stability(rows: list[dict]) -> str:
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):.2f} [{min(values):.2f}]" if values else "—"
 
-    for task, steps, repeats, n, m, parts in sorted({cell(r) for r in rows}):
-        group = [r for r in rows if cell(r) == (task, steps, repeats, n, m, parts)]
-        source = q_from(group)
-        pairs = _pairwise([r["scores"] for r in group])
-        same = [p for p in (_same_validation_prediction(r) for r in group) if p is not None]
-        new = [r["predicted"] for r in group if r.get("validation_split_half") is not None]
-        if pairs and same:
-            lines.append(f"| {task} | {steps} | {repeats} | {n} | {m} | {len(group)} | {source} | {fmt(pairs)} | {fmt(same)} | "
-                         f"{fmt(new)}{f' ({len(new)})' if new else ''} | "
-                         f"{sum(_verdict(r) == 'unstable' for r in group)} / "
-                         f"{sum(_verdict(r) == 'uncertain' for r in group)} of {len(group)} | "
-                         f"{statistics.median(r['seconds'] for r in group):.0f} |")
+    for cell in sorted({setting(r) for r in rows}):
+        runs = [r for r in rows if setting(r) == cell]
+        by_seed = {r["key"]["seed"]: r for r in sorted(runs, key=lambda r: bool(r.get("validation_parts")))}
+        pairs = _pairwise([r["scores"] for r in by_seed.values()])
+        for parts in sorted({r.get("validation_parts") or 0 for r in runs}):
+            group = [r for r in runs if (r.get("validation_parts") or 0) == parts]
+            same = [p for p in (_same_validation_prediction(r) for r in group) if p is not None]
+            new = [r["predicted"] for r in group if r.get("validation_split_half") is not None]
+            if pairs and same:
+                lines.append(f"| {' | '.join(str(x) for x in cell)} | {len(group)} | {q_from(group)} | "
+                             f"{fmt(pairs)} ({len(by_seed)}) | {fmt(same)} | {fmt(new)}{f' ({len(new)})' if new else ''} | "
+                             f"{sum(_verdict(r) == 'unstable' for r in group)} / "
+                             f"{sum(_verdict(r) == 'uncertain' for r in group)} of {len(group)} | "
+                             f"{statistics.median(r['seconds'] for r in group):.0f} |")
     return "\n".join(lines)
 
 
