@@ -158,6 +158,39 @@ def test_lissa_matches_literal_recursion(batch_size):
     torch.testing.assert_close(influence, want, rtol=1e-6, atol=1e-9 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("name,options", [("datainf", {}), ("exact", {}), ("tracin", {}),
+                                          ("lissa", {"lissa_depth": 40, "lissa_scale": 400.0}),
+                                          ("lissa", {"lissa_depth": 40, "lissa_scale": 400.0, "lissa_batch_size": 3})])
+def test_several_validation_gradients_in_one_solve_match_bruteforce_per_gradient(name, options):
+    """a [groups, n, R] (the validation parts) gives, column by column, the brute-force influence against each
+    validation gradient with the damping of the shared K."""
+    n, R = 7, 3
+    G, _ = _problem(n, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    vs = [[torch.randn(b[-1], generator=gen, dtype=torch.float64) for b in BOUNDS] for _ in range(R)]
+    layout = GroupLayout([[0, b[-1]] for b in BOUNDS])
+    columns, K = [], None
+    for v in vs:
+        acc = GramAccumulator(layout, v, n, torch.float64, 1 << 30)
+        acc.add(G)
+        a, K = acc.finalize()
+        columns.append(a)
+    args = InfluenceArguments(estimator=name, seed=5, **options)
+    influence, _, _ = estimate_influence(torch.stack(columns, dim=2), K, layout.dims(), args, layout.group_to_block(),
+                                         len(BOUNDS))
+    assert influence.shape == (R, len(BOUNDS), n)
+    brutes = {"datainf": brute_datainf, "exact": brute_exact, "tracin": brute_tracin}
+    for r, v in enumerate(vs):
+        want = torch.zeros(len(BOUNDS), n, dtype=torch.float64)
+        for g_index, (l, Gg, vg) in enumerate(_groups(G, v, "block")):
+            if name == "lissa":
+                want[l] += brute_lissa(Gg, vg, _damping(Gg), options["lissa_scale"], options["lissa_depth"],
+                                       options.get("lissa_batch_size"), seed=5 + g_index)
+            else:
+                want[l] += brutes[name](Gg, vg, _damping(Gg))
+        torch.testing.assert_close(influence[r], want, rtol=1e-6, atol=1e-9 * want.abs().max().item())
+
+
 def test_lissa_converges_to_exact_with_the_right_sign():
     n = 6
     G, v = _problem(n, seed=2)

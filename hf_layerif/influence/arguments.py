@@ -56,7 +56,8 @@ class InfluenceArguments:
             the validation samples (the influence is linear in the mean validation gradient, so any half made of
             parts follows), from which the stability report measures how much a new validation sample moves the
             ranking (METHOD §9). Costs P more products per training chunk and, for DataInf, one more pair of reads
-            of the stored gradients (exact, LiSSA: one more solve per part).
+            of the stored gradients (exact, LiSSA: the parts are extra right-hand sides of the same solve, K
+            factorised once).
         validation_parts: P, the number of parts (even; sample k goes to part k mod P; fewer when there are fewer
             validation samples). The report averages the agreement of the two halves over every balanced split of
             the parts (P = 8: 35 splits), which one split on few blocks estimates poorly.
@@ -102,7 +103,7 @@ class InfluenceArguments:
     validation_split_half: bool = field(default=True, metadata={"help": "Also score against halves of the validation "
                                         "samples (made of validation_parts parts), so the stability report sees the noise of a "
                                         "new validation sample (DataInf: two more reads of the stored gradients; exact, LiSSA: "
-                                        "one more solve per part)."})
+                                        "more right-hand sides of the same solve)."})
     validation_parts: int = field(default=8, metadata={"help": "Interleaved parts of the validation samples (even); the "
                                   "report averages the halves' agreement over every balanced split of them (8: 35 splits)."})
     repeats: int | None = field(default=None, metadata={"help": "Adapter draws scored and averaged (default: 3 for a fresh or fitted adapter, 1 for a trained one)."})

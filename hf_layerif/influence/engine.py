@@ -388,23 +388,28 @@ class InfluenceEngine:
         influence.index_add_(per_group.dim() - 2, self.layout.group_to_block(), per_group.to("cpu", torch.float64))
         return influence
 
-    def estimate_parts(self, acc: StreamingStatistics | GramAccumulator, K: torch.Tensor | None = None
-                       ) -> torch.Tensor | None:
-        """Influence [P, L, n] float64 against each validation part (None when ``acc`` has no a_parts): the same
-        estimator, λ and K (or stored gradients) as the full result, with a_p in place of a. DataInf scores all
-        parts in one more pair of reads of the stored gradients; the Gram route solves once per part."""
+    def estimate_parts(self, acc: StreamingStatistics) -> torch.Tensor | None:
+        """Influence [P, L, n] float64 against each validation part of a streaming run (None when ``acc`` has no
+        a_parts): the same estimator and λ as the full result, with a_p in place of a, all parts in one more pair of
+        reads of the stored gradients. (The Gram route scores them in :meth:`estimate`'s solve.)"""
         if acc.a_parts is None:
             return None
-        if isinstance(acc, StreamingStatistics):
-            return self._per_block(get_estimator(self.args).from_statistics(acc.for_validation_parts(),
-                                                                             acc.damping(self.args)))
-        return torch.stack([self.estimate(a_p, K)[0] for a_p in acc.a_parts])
+        return self._per_block(get_estimator(self.args).from_statistics(acc.for_validation_parts(),
+                                                                         acc.damping(self.args)))
 
-    def estimate(self, a: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Apply the configured estimator: (influence [L, n] float64, damping [groups], settings)."""
+    def estimate(self, a: torch.Tensor, K: torch.Tensor, a_parts: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None]:
+        """Apply the configured estimator to a [groups, n] and, when given, every validation part's a_p
+        (``a_parts`` [P, groups, n]) in the same solve (K factorised once): (influence [L, n] float64, damping
+        [groups], settings, part influence [P, L, n] float64 or None)."""
         device = input_device(self.model) if self.accelerator is None else self.accelerator.device
-        return estimate_influence(a, K, self.layout.dims(), self.args, self.layout.group_to_block(), len(self.blocks),
-                                  device=device)
+        columns = a if a_parts is None else torch.cat([a.unsqueeze(0), a_parts.to(a.dtype)]).permute(1, 2, 0)
+        influence, damping, settings = estimate_influence(columns, K, self.layout.dims(), self.args,
+                                                          self.layout.group_to_block(), len(self.blocks),
+                                                          device=device)
+        if a_parts is None:
+            return influence, damping, settings, None
+        return influence[0], damping, settings, influence[1:]
 
     def run(self, train_loader: Iterable[dict], eval_loader: Iterable[dict], num_train: int, num_eval: int,
             checkpoint_dir: str | os.PathLike | None = None, resume_key: dict | None = None,
@@ -440,15 +445,14 @@ class InfluenceEngine:
             v = [t.to(device) for t in v]
             v_parts = None if v_parts is None else [t.to(device) for t in v_parts]
             acc, losses = self.training_statistics(train_loader, num_train, v, spill_dir, resume_key, v_parts=v_parts)
-            K = None
             if isinstance(acc, StreamingStatistics):
                 influence, damping, settings = self.estimate_streaming(acc)
+                influence_parts = self.estimate_parts(acc)
             else:
                 a, K = acc.finalize()
                 if acc.world > 1:  # every K block was formed by exactly one process: the sum over processes is K
                     K = self.accelerator.reduce(K.to(self.accelerator.device), reduction="sum").to("cpu")
-                influence, damping, settings = self.estimate(a, K)
-            influence_parts = self.estimate_parts(acc, K=K)
+                influence, damping, settings, influence_parts = self.estimate(a, K, acc.a_parts)
         finally:
             if temp is not None:
                 temp.cleanup()

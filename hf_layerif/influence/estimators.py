@@ -7,7 +7,9 @@ g_i) and mean validation gradient v ∈ R^d, every estimator here needs only
 
 so a single gradient pass over the training set serves all of them. Inputs are batched over groups:
 ``a`` is [groups, n], ``K`` is [groups, n, n] and ``damping`` is [groups]; the result is the influence
-I(z_i) for every group and sample, shape [groups, n], float64.
+I(z_i) for every group and sample, shape [groups, n], float64. Several validation gradients against the same
+training samples (the validation parts) are scored in one call: ``a`` [groups, n, R] (column r is G v_r) gives
+[groups, n, R], and K is factorised once for all R columns.
 
 Sign (Koh & Liang): I(z_i) = −vᵀ H⁻¹ g_i. Negative = up-weighting z_i lowers the validation loss (beneficial).
 """
@@ -114,7 +116,8 @@ class InfluenceEstimator(ABC):
 
     @abstractmethod
     def __call__(self, a: torch.Tensor, K: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
-        """Influence [groups, n] (float64, Koh & Liang sign) from a [groups, n], K [groups, n, n], λ [groups]."""
+        """Influence [groups, n] (float64, Koh & Liang sign) from a [groups, n], K [groups, n, n], λ [groups]; with
+        a [groups, n, R] (R validation gradients), [groups, n, R], each column what a [groups, n] call on it gives."""
 
     def settings(self) -> dict:
         return {}
@@ -152,12 +155,12 @@ class DataInfEstimator(InfluenceEstimator):
     regime_ratio_limit = 0.5
 
     def __call__(self, a, K, damping):
-        a, K = a.to(self.dtype), K.to(self.dtype)
-        lam = damping.to(a.device, self.dtype)[:, None]
-        n = a.shape[1]
-        c = a / (lam + torch.diagonal(K, dim1=1, dim2=2))
-        Kc = torch.bmm(K, c.unsqueeze(2)).squeeze(2)
-        return (-(a - Kc / n) / lam).to(torch.float64)
+        columns, K = as_columns(a).to(self.dtype), K.to(self.dtype)
+        lam = damping.to(K.device, self.dtype)[:, None, None]
+        n = columns.shape[1]
+        c = columns / (lam + torch.diagonal(K, dim1=1, dim2=2)[:, :, None])
+        influence = -(columns - torch.bmm(K, c) / n) / lam
+        return influence.reshape(a.shape).to(torch.float64)
 
     def from_statistics(self, statistics, damping):
         return statistics.datainf(damping)
@@ -178,11 +181,12 @@ class ExactEstimator(InfluenceEstimator):
         system = K + (n * damping.to(K.device, self.dtype))[:, None, None] * torch.eye(n, dtype=self.dtype, device=K.device)
         del K  # the system replaces it: one n×n copy per group at a time, not two
         factor, info = torch.linalg.cholesky_ex(system)
+        columns = as_columns(a)
         if bool((info != 0).any()):
-            solution = torch.linalg.solve(system, a.unsqueeze(2)).squeeze(2)
+            solution = torch.linalg.solve(system, columns)
         else:
-            solution = torch.cholesky_solve(a.unsqueeze(2), factor).squeeze(2)
-        return (-n * solution).to(torch.float64)
+            solution = torch.cholesky_solve(columns, factor)
+        return (-n * solution).reshape(a.shape).to(torch.float64)
 
 
 @register_estimator
@@ -226,9 +230,9 @@ class LiSSAEstimator(InfluenceEstimator):
         return 1.05 * (max(top, 0.0) + lam)
 
     def __call__(self, a, K, damping):
-        a, K = a.to(self.dtype), K.to(self.dtype)
-        groups, n = a.shape
-        out = torch.empty_like(a)
+        columns, K = as_columns(a).to(self.dtype), K.to(self.dtype)
+        groups, n = columns.shape[:2]
+        out = torch.empty_like(columns)
         full_batch = self.batch_size is None or self.batch_size >= n
         self.scales = []
         for g in range(groups):
@@ -236,14 +240,14 @@ class LiSSAEstimator(InfluenceEstimator):
             s = self._scale(K[g], lam, n, full_batch)
             self.scales.append(s)
             if full_batch:
-                out[g] = -self._closed_form(a[g], K[g], lam, s, n) / s
-            else:
+                out[g] = -self._closed_form(columns[g], K[g], lam, s, n) / s
+            else:  # every column sees the same subsets: the generator is seeded per group, as in separate calls
                 gen = torch.Generator().manual_seed(self.seed + g)
-                total = torch.zeros(n, dtype=self.dtype, device=a.device)
+                total = torch.zeros_like(columns[g])
                 for _ in range(self.repeats):
-                    total += self._stochastic(a[g], K[g], lam, s, n, gen)
+                    total += self._stochastic(columns[g], K[g], lam, s, n, gen)
                 out[g] = -(total / self.repeats) / s
-        return out.to(torch.float64)
+        return out.reshape(a.shape).to(torch.float64)
 
     def _closed_form(self, a, K, lam, s, n):
         mu, Q = torch.linalg.eigh(K)
@@ -253,12 +257,12 @@ class LiSSAEstimator(InfluenceEstimator):
         # geometric sum; where m == 1 (only possible with lam = 0 and mu = 0) the sum is T + 1.
         safe = one_minus.abs() > 1e-300
         powered = torch.where(safe, (1.0 - m.pow(T + 1)) / torch.where(safe, one_minus, torch.ones_like(m)), torch.full_like(m, T + 1.0))
-        return Q @ (powered * (Q.T @ a))
+        return Q @ (powered[:, None] * (Q.T @ a))  # a [n, R]
 
     def _stochastic(self, a, K, lam, s, n, gen):
         bs = self.batch_size
         alpha = 1.0
-        beta = torch.zeros(n, dtype=a.dtype, device=a.device)
+        beta = torch.zeros_like(a)  # [n, R]
         keep = 1.0 - lam / s
         for _ in range(self.depth):
             idx = torch.randperm(n, generator=gen)[:bs].to(a.device)
@@ -267,6 +271,13 @@ class LiSSAEstimator(InfluenceEstimator):
             beta[idx] -= u / (s * len(idx))
             alpha = 1.0 + keep * alpha
         return alpha * a + K @ beta
+
+
+def as_columns(a: torch.Tensor) -> torch.Tensor:
+    """a [groups, n] or [groups, n, R] as [groups, n, R] (R = 1 for the former; a view)."""
+    if a.dim() not in (2, 3):
+        raise ValueError(f"a must be [groups, n] or [groups, n, R]; got shape {tuple(a.shape)}.")
+    return a.unsqueeze(2) if a.dim() == 2 else a
 
 
 def get_estimator(name_or_args: str | InfluenceArguments, **kwargs) -> InfluenceEstimator:
@@ -302,12 +313,14 @@ def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, arg
     """Influence per block from Gram statistics of all groups.
 
     Args:
-        a: [groups, n]; K: [groups, n, n]; dims: [groups] parameter counts.
+        a: [groups, n], or [groups, n, R] for R validation gradients scored in one solve; K: [groups, n, n];
+            dims: [groups] parameter counts.
         group_to_block: [groups] block index of each group (one group per block for ``granularity="block"``).
         device: the compute device; the solves run there when K fits (see :func:`solve_device`), in
             ``args.solve_dtype``.
     Returns:
-        (influence [num_blocks, n] float64 on the CPU, damping [groups] float64, estimator settings).
+        (influence [num_blocks, n] float64 on the CPU ([R, num_blocks, n] for a [groups, n, R]), damping [groups]
+        float64, estimator settings).
     """
     estimator = get_estimator(args)
     damping = damping_from_gram(torch.diagonal(K, dim1=1, dim2=2), dims, args.damping_factor, args.damping)
@@ -318,8 +331,11 @@ def estimate_influence(a: torch.Tensor, K: torch.Tensor, dims: torch.Tensor, arg
             f"The {estimator.name} estimator produced non-finite influence values; check the gradients (NaN/inf "
             "in the model?) or raise damping / damping_factor."
         )
-    influence = torch.zeros(num_blocks, a.shape[1], dtype=torch.float64)
-    influence.index_add_(0, group_to_block.to(torch.long), per_group)
+    per_group = as_columns(per_group).permute(2, 0, 1)  # [R, groups, n]
+    influence = torch.zeros(per_group.shape[0], num_blocks, a.shape[1], dtype=torch.float64)
+    influence.index_add_(1, group_to_block.to(torch.long), per_group)
+    if a.dim() == 2:
+        influence = influence[0]
     ratio = curvature_ratio(torch.diagonal(K, dim1=1, dim2=2), damping)
     if not estimator.uses_damping:
         damping = torch.zeros_like(damping)
