@@ -530,6 +530,7 @@ def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str
         return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
     autos = [r for r in grid if is_grid_auto(r["key"])]
+    totals: dict[str, tuple[list[float], list[float]]] = {}
     for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
         for task in tasks:
             mine, uni, owl = [], [], []
@@ -551,9 +552,16 @@ def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str
                 continue
             du = [a - b for a, b in zip(mine, uni)]
             do = [a - b for a, b in zip(mine, owl)]
+            totals.setdefault(method, ([], []))[0].extend(du)
+            totals[method][1].extend(do)
             lines.append(f"| {method} | {sparsity:.0%} | {task} | {len(mine)} | {statistics.mean(mine):.1f} | "
                          f"{statistics.mean(uni):.1f} | {statistics.mean(owl):.1f} | {fmt(du)} | {fmt(do)} | "
                          f"{sum(d >= 0 for d in du)}/{len(du)} | {sum(d >= 0 for d in do)}/{len(do)} |")
+    lines.append("")
+    for method, (du, do) in totals.items():
+        lines.append(f"- {method}: {len(du)} paired runs; auto ≥ uniform in {sum(d >= 0 for d in du)} of {len(du)} "
+                     f"(worst {min(du):+.1f} points), ≥ OWL in {sum(d >= 0 for d in do)} of {len(do)}; mean vs "
+                     f"uniform {statistics.mean(du):+.1f}, vs OWL {statistics.mean(do):+.1f} points.")
     return "\n".join(lines)
 
 
@@ -588,53 +596,88 @@ def cost_table(result: dict) -> str:
         f"{result.get('extra_rss_mb_one_prune', float('nan')):.0f} / {result.get('extra_rss_mb_auto', float('nan')):.0f} |"])
 
 
-def summarize(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per (method, sparsity, scoring task, selection split), auto's WikiText-2 perplexity paired against
-    uniform, OWL and the best fixed allocation of hindsight (uniform, OWL, AlphaPruning, and LayerIF in both
-    directions from the same scores) on the same calibration draw: mean % difference [min, max] over calibration ×
-    scoring seeds, and wins."""
-    lines = ["| method | sparsity | scores from | selection windows | runs | auto chose | auto ppl | "
-             "vs uniform (%, paired) | vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    fixed = {}
+def paired_auto_runs(rows: list[dict], tasks: list[str]) -> list[dict]:
+    """Every auto row paired with the fixed rows of its calibration draw: ``{"method", "sparsity", "task", "split",
+    "calibration_seed", "scoring_seed", "chosen", "ppl", "vs_uniform", "vs_owl", "vs_best"}``, the last three in %
+    of WikiText-2 perplexity (negative: auto is better). The best fixed allocation of hindsight is the lowest of
+    uniform, OWL, AlphaPruning and LayerIF in both directions from the same task's scores of the same scoring seed.
+    Rows whose uniform or OWL run is missing are left out."""
+    fixed: dict[tuple, dict[str, float]] = {}
     for r in rows:
         k = r["key"]
         if not k["allocation"].startswith("auto_"):
             fixed.setdefault((k["method"], k["sparsity"], k["calibration_seed"], k.get("scoring_seed")), {})[
                 k["allocation"]] = r["wikitext2_ppl"]
-    autos = [r for r in rows if r["key"]["allocation"].startswith("auto_")]
+    runs = []
+    for auto in rows:
+        k = auto["key"]
+        task = k["allocation"][len("auto_"):]
+        if not k["allocation"].startswith("auto_") or task not in tasks:
+            continue
+        common = fixed.get((k["method"], k["sparsity"], k["calibration_seed"], None), {})
+        own = {n: v for n, v in fixed.get((k["method"], k["sparsity"], k["calibration_seed"], k["scoring_seed"]),
+                                          {}).items() if n.endswith(f"_{task}")}
+        if "uniform" not in common or "owl" not in common:
+            continue
+        ppl = auto["wikitext2_ppl"]
+        runs.append({"method": k["method"], "sparsity": k["sparsity"], "task": task, "split": selection_windows(k),
+                     "calibration_seed": k["calibration_seed"], "scoring_seed": k["scoring_seed"],
+                     "chosen": auto["chosen"], "ppl": ppl,
+                     "vs_uniform": 100 * (ppl / common["uniform"] - 1), "vs_owl": 100 * (ppl / common["owl"] - 1),
+                     "vs_best": 100 * (ppl / min({**common, **own}.values()) - 1)})
+    return runs
+
+
+def summarize(rows: list[dict], tasks: list[str]) -> str:
+    """Markdown: per (method, sparsity, scoring task, selection split), auto's WikiText-2 perplexity paired against
+    uniform, OWL and the best fixed allocation of hindsight on the same calibration draw (:func:`paired_auto_runs`):
+    mean % difference [min, max] over calibration × scoring seeds, and wins; then, per method and split, the totals
+    over every run and the scoring × calibration seed pairs the rows cover."""
+    lines = ["| method | sparsity | scores from | selection windows | runs | auto chose | auto ppl | "
+             "vs uniform (%, paired) | vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = paired_auto_runs(rows, tasks)
 
     def fmt(values: list[float]) -> str:
         return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
-    splits = sorted({selection_windows(r["key"]) for r in autos})
-    for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
+    for method, sparsity in sorted({(r["method"], r["sparsity"]) for r in runs}):
         for task in tasks:
-            for split in splits:
-                diffs = {"uniform": [], "owl": [], "best": []}
-                chosen, ppl = [], []
-                for auto in autos:
-                    k = auto["key"]
-                    if (k["method"], k["sparsity"], k["allocation"], selection_windows(k)) != \
-                            (method, sparsity, f"auto_{task}", split):
-                        continue
-                    common = fixed.get((method, sparsity, k["calibration_seed"], None), {})
-                    own = {n: v for n, v in fixed.get((method, sparsity, k["calibration_seed"], k["scoring_seed"]),
-                                                      {}).items() if n.endswith(f"_{task}")}
-                    if "uniform" not in common or "owl" not in common:
-                        continue
-                    ppl.append(auto["wikitext2_ppl"])
-                    chosen.append(auto["chosen"])
-                    diffs["uniform"].append(100 * (auto["wikitext2_ppl"] / common["uniform"] - 1))
-                    diffs["owl"].append(100 * (auto["wikitext2_ppl"] / common["owl"] - 1))
-                    diffs["best"].append(100 * (auto["wikitext2_ppl"] / min({**common, **own}.values()) - 1))
-                if not ppl:
+            for split in sorted({r["split"] for r in runs}):
+                cell = [r for r in runs if (r["method"], r["sparsity"], r["task"], r["split"]) ==
+                        (method, sparsity, task, split)]
+                if not cell:
                     continue
+                chosen = [r["chosen"] for r in cell]
                 picks = ", ".join(f"{c} ×{chosen.count(c)}" for c in dict.fromkeys(chosen))
-                lines.append(f"| {method} | {sparsity:.0%} | {task} | {split} | {len(ppl)} | {picks} | "
-                             f"{statistics.mean(ppl):.2f} | {fmt(diffs['uniform'])} | {fmt(diffs['owl'])} | "
-                             f"{fmt(diffs['best'])} | {sum(d <= 0 for d in diffs['uniform'])}/{len(ppl)} | "
-                             f"{sum(d <= 0 for d in diffs['owl'])}/{len(ppl)} |")
+                lines.append(f"| {method} | {sparsity:.0%} | {task} | {split} | {len(cell)} | {picks} | "
+                             f"{statistics.mean(r['ppl'] for r in cell):.2f} | "
+                             f"{fmt([r['vs_uniform'] for r in cell])} | {fmt([r['vs_owl'] for r in cell])} | "
+                             f"{fmt([r['vs_best'] for r in cell])} | "
+                             f"{sum(r['vs_uniform'] <= 0 for r in cell)}/{len(cell)} | "
+                             f"{sum(r['vs_owl'] <= 0 for r in cell)}/{len(cell)} |")
+    lines.append("")
+    for method in sorted({r["method"] for r in runs}):
+        noise = []
+        for sparsity in sorted({r["sparsity"] for r in runs if r["method"] == method}):
+            uniform = [r["wikitext2_ppl"] for r in rows if r["key"]["allocation"] == "uniform" and
+                       (r["key"]["method"], r["key"]["sparsity"]) == (method, sparsity)]
+            if len(uniform) > 1:
+                noise.append(f"{100 * statistics.stdev(uniform) / statistics.mean(uniform):.1f}% at {sparsity:.0%}")
+        if noise:
+            lines.append(f"- {method}, calibration-seed noise (standard deviation of uniform's perplexity over the "
+                         f"calibration draws): {', '.join(noise)}.")
+        for split in sorted({r["split"] for r in runs if r["method"] == method}):
+            group = [r for r in runs if (r["method"], r["split"]) == (method, split)]
+            pairs = sorted({(r["scoring_seed"], r["calibration_seed"]) for r in group})
+            lines.append(f"- {method}, {split} selection windows: {len(group)} runs (scoring × calibration seeds "
+                         f"{', '.join(f'{s}×{c}' for s, c in pairs)}); auto ≤ uniform in "
+                         f"{sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
+                         f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
+                         f"{sum(r['vs_owl'] <= 0 for r in group)} of {len(group)}; mean vs uniform "
+                         f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
+                         f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose a LayerIF map in "
+                         f"{sum(r['chosen'].startswith('layerif') for r in group)}.")
     return "\n".join(lines)
 
 
