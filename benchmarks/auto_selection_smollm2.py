@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import json
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,15 +46,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from auto_selection_tables import (  # noqa: E402
+    BLOCK,
+    COST_BLOCK,
+    FIDELITY_BLOCK,
+    GRID_SELECTION_NSAMPLES,
+    ZERO_SHOT_BLOCK,
+    cost_table,
+    is_grid_auto,
+    objective_fidelity_table,
+    summarize,
+    zero_shot_table,
+)
 from result_rows import ResultRows  # noqa: E402
 from results_block import replace_block  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
-
-BLOCK = "auto-selection"
-COST_BLOCK = "auto-selection-cost"
-ZERO_SHOT_BLOCK = "auto-selection-zero-shot"
-FIDELITY_BLOCK = "auto-selection-objective"
-GRID_SELECTION_NSAMPLES = 8  # the grid's selection split: 8 windows × 128 tokens
 
 
 def task_texts(shared: Path, task: str, seed: int, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
@@ -461,110 +466,6 @@ def window_losses(model, ids: torch.Tensor, batch_size: int = 8) -> list[float]:
     return out
 
 
-def objective_fidelity_table(grid: list[dict], rows: list[dict], zero_shot_rows: list[dict],
-                             sizes: tuple[int, ...] = (8, 16, 32, 64, 128)) -> str:
-    """Markdown: per sparsity and selection-split size k, the objective's OWL − uniform difference (first k windows
-    of each selection seed, per calibration draw), how often it prefers OWL, and how often its preference matches
-    WikiText-2 perplexity's and zero-shot accuracy's on the same calibration draw."""
-    def zero_shot(cell: dict) -> float | None:
-        for r in zero_shot_rows:
-            key = r["key"]
-            if (key.get("candidate") == cell["allocation"] and key.get("method") == "wanda"
-                    and key.get("sparsity") == cell["sparsity"] and key.get("calibration_seed") == cell["calibration_seed"]):
-                return r["mean_acc_norm"]
-        return None
-
-    by_cell = {(r["key"]["sparsity"], r["key"]["calibration_seed"], r["key"]["allocation"]): r for r in rows}
-    lines = ["| sparsity | selection windows | runs (calibration × selection draws) | OWL − uniform objective, "
-             "mean [min, max] (millinats/token) | objective prefers OWL | agrees with WikiText-2 | agrees with zero-shot |",
-             "|---|---|---|---|---|---|---|"]
-    for sparsity in sorted({k[0] for k in by_cell}):
-        seeds = sorted({k[1] for k in by_cell if k[0] == sparsity and (k[0], k[1], "owl") in by_cell
-                        and (k[0], k[1], "uniform") in by_cell})
-        for size in sizes:
-            diffs, wiki_agree, zs_agree, zs_runs = [], 0, 0, 0
-            for calib in seeds:
-                owl, uniform = by_cell[sparsity, calib, "owl"], by_cell[sparsity, calib, "uniform"]
-                if size > len(next(iter(owl["window_losses"].values()))):
-                    continue
-                wiki_prefers_owl = owl["wikitext2_ppl"] < uniform["wikitext2_ppl"]
-                accs = [zero_shot({"allocation": a, "sparsity": sparsity, "calibration_seed": calib})
-                        for a in ("owl", "uniform")]
-                for seed, losses in owl["window_losses"].items():
-                    diff = statistics.mean(losses[:size]) - statistics.mean(uniform["window_losses"][seed][:size])
-                    diffs.append(diff)
-                    wiki_agree += (diff < 0) == wiki_prefers_owl
-                    if None not in accs:
-                        zs_runs += 1
-                        zs_agree += (diff < 0) == (accs[0] > accs[1])
-            if diffs:
-                lines.append(f"| {sparsity:.0%} | {size} | {len(diffs)} | {1000 * statistics.mean(diffs):+.1f} "
-                             f"[{1000 * min(diffs):+.1f}, {1000 * max(diffs):+.1f}] | {sum(d < 0 for d in diffs)}/{len(diffs)} | "
-                             f"{wiki_agree}/{len(diffs)} | {f'{zs_agree}/{zs_runs}' if zs_runs else '—'} |")
-    return "\n".join(lines)
-
-
-def zero_shot_table(grid: list[dict], rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per (method, sparsity, scoring task), the zero-shot mean acc_norm of auto's choice paired against
-    uniform and OWL on the same calibration draw (points, mean [min, max] over the auto runs), and per-task means."""
-    if not rows:
-        return ""
-    accuracy = {}
-    for r in rows:
-        k = r["key"]
-        if k["candidate"] == "dense":
-            continue
-        ident = (k["method"], k["sparsity"], k["calibration_seed"], k["candidate"], k.get("task"), k.get("scoring_seed"))
-        accuracy[ident] = r
-    setting = rows[0]["key"]
-    dense = next((r for r in rows if r["key"]["candidate"] == "dense"), None)
-    names = setting["tasks"]
-    lines = [f"Zero-shot acc_norm (first {setting['limit']} items of {', '.join(names)}; dense model "
-             f"{100 * dense['mean_acc_norm']:.1f}%)" if dense else "",
-             "",
-             "| method | sparsity | scores from | runs | auto mean acc_norm (%) | uniform | OWL | "
-             "auto − uniform (points, paired) | auto − OWL (points) | auto ≥ uniform | auto ≥ OWL |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
-
-    autos = [r for r in grid if is_grid_auto(r["key"])]
-    totals: dict[str, tuple[list[float], list[float]]] = {}
-    for method, sparsity in sorted({(r["key"]["method"], r["key"]["sparsity"]) for r in autos}):
-        for task in tasks:
-            mine, uni, owl = [], [], []
-            for auto in autos:
-                k = auto["key"]
-                if (k["method"], k["sparsity"], k["allocation"]) != (method, sparsity, f"auto_{task}"):
-                    continue
-                cell = (method, sparsity, k["calibration_seed"])
-                chosen = auto["chosen"]
-                own = ((*cell, chosen, None, None) if chosen in ("uniform", "owl", "alphapruning")
-                       else (*cell, chosen, task, k["scoring_seed"]))
-                if own not in accuracy or (*cell, "uniform", None, None) not in accuracy or \
-                        (*cell, "owl", None, None) not in accuracy:
-                    continue
-                mine.append(100 * accuracy[own]["mean_acc_norm"])
-                uni.append(100 * accuracy[(*cell, "uniform", None, None)]["mean_acc_norm"])
-                owl.append(100 * accuracy[(*cell, "owl", None, None)]["mean_acc_norm"])
-            if not mine:
-                continue
-            du = [a - b for a, b in zip(mine, uni)]
-            do = [a - b for a, b in zip(mine, owl)]
-            totals.setdefault(method, ([], []))[0].extend(du)
-            totals[method][1].extend(do)
-            lines.append(f"| {method} | {sparsity:.0%} | {task} | {len(mine)} | {statistics.mean(mine):.1f} | "
-                         f"{statistics.mean(uni):.1f} | {statistics.mean(owl):.1f} | {fmt(du)} | {fmt(do)} | "
-                         f"{sum(d >= 0 for d in du)}/{len(du)} | {sum(d >= 0 for d in do)}/{len(do)} |")
-    lines.append("")
-    for method, (du, do) in totals.items():
-        lines.append(f"- {method}: {len(du)} paired runs; auto ≥ uniform in {sum(d >= 0 for d in du)} of {len(du)} "
-                     f"(worst {min(du):+.1f} points), ≥ OWL in {sum(d >= 0 for d in do)} of {len(do)}; mean vs "
-                     f"uniform {statistics.mean(du):+.1f}, vs OWL {statistics.mean(do):+.1f} points.")
-    return "\n".join(lines)
-
-
 def write_blocks(args) -> None:
     """Rewrite the generated blocks of ``--write_results`` files: the selection table from ``--jsonl``, the cost
     table from ``--cost_json`` (when present)."""
@@ -580,115 +481,6 @@ def write_blocks(args) -> None:
             replace_block(path, ZERO_SHOT_BLOCK, zero_shot_table(ResultRows(args.jsonl).rows(),
                                                                  ResultRows(args.zero_shot_jsonl).rows(),
                                                                  args.tasks.split(",")))
-
-
-def cost_table(result: dict) -> str:
-    """Markdown: seconds of one prune and of auto, their paired ratio, and the memory each added."""
-    ratios = result["ratio"]
-    return "\n".join([
-        "| method | calibration | candidates | screening | selection split | one prune (s) | auto (s) | "
-        "auto / one prune (paired) | memory added: one prune / auto (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {result['method']} | {result['nsamples']} × {result['seqlen']} | {result['candidates']} | "
-        f"{result['screen_nsamples']} sequences | {result['selection_nsamples']} × {result['seqlen']} | "
-        f"{statistics.median(result['one_prune_s']):.0f} | {statistics.median(result['auto_s']):.0f} | "
-        f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] | "
-        f"{result.get('extra_rss_mb_one_prune', float('nan')):.0f} / {result.get('extra_rss_mb_auto', float('nan')):.0f} |"])
-
-
-def paired_auto_runs(rows: list[dict], tasks: list[str]) -> list[dict]:
-    """Every auto row paired with the fixed rows of its calibration draw: ``{"method", "sparsity", "task", "split",
-    "calibration_seed", "scoring_seed", "chosen", "ppl", "vs_uniform", "vs_owl", "vs_best"}``, the last three in %
-    of WikiText-2 perplexity (negative: auto is better). The best fixed allocation of hindsight is the lowest of
-    uniform, OWL, AlphaPruning and LayerIF in both directions from the same task's scores of the same scoring seed.
-    Rows whose uniform or OWL run is missing are left out."""
-    fixed: dict[tuple, dict[str, float]] = {}
-    for r in rows:
-        k = r["key"]
-        if not k["allocation"].startswith("auto_"):
-            fixed.setdefault((k["method"], k["sparsity"], k["calibration_seed"], k.get("scoring_seed")), {})[
-                k["allocation"]] = r["wikitext2_ppl"]
-    runs = []
-    for auto in rows:
-        k = auto["key"]
-        task = k["allocation"][len("auto_"):]
-        if not k["allocation"].startswith("auto_") or task not in tasks:
-            continue
-        common = fixed.get((k["method"], k["sparsity"], k["calibration_seed"], None), {})
-        own = {n: v for n, v in fixed.get((k["method"], k["sparsity"], k["calibration_seed"], k["scoring_seed"]),
-                                          {}).items() if n.endswith(f"_{task}")}
-        if "uniform" not in common or "owl" not in common:
-            continue
-        ppl = auto["wikitext2_ppl"]
-        runs.append({"method": k["method"], "sparsity": k["sparsity"], "task": task, "split": selection_windows(k),
-                     "calibration_seed": k["calibration_seed"], "scoring_seed": k["scoring_seed"],
-                     "chosen": auto["chosen"], "ppl": ppl,
-                     "vs_uniform": 100 * (ppl / common["uniform"] - 1), "vs_owl": 100 * (ppl / common["owl"] - 1),
-                     "vs_best": 100 * (ppl / min({**common, **own}.values()) - 1)})
-    return runs
-
-
-def summarize(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per (method, sparsity, scoring task, selection split), auto's WikiText-2 perplexity paired against
-    uniform, OWL and the best fixed allocation of hindsight on the same calibration draw (:func:`paired_auto_runs`):
-    mean % difference [min, max] over calibration × scoring seeds, and wins; then, per method and split, the totals
-    over every run and the scoring × calibration seed pairs the rows cover."""
-    lines = ["| method | sparsity | scores from | selection windows | runs | auto chose | auto ppl | "
-             "vs uniform (%, paired) | vs OWL (%) | vs best fixed of hindsight (%) | auto ≤ uniform | auto ≤ OWL |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    runs = paired_auto_runs(rows, tasks)
-
-    def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
-
-    for method, sparsity in sorted({(r["method"], r["sparsity"]) for r in runs}):
-        for task in tasks:
-            for split in sorted({r["split"] for r in runs}):
-                cell = [r for r in runs if (r["method"], r["sparsity"], r["task"], r["split"]) ==
-                        (method, sparsity, task, split)]
-                if not cell:
-                    continue
-                chosen = [r["chosen"] for r in cell]
-                picks = ", ".join(f"{c} ×{chosen.count(c)}" for c in dict.fromkeys(chosen))
-                lines.append(f"| {method} | {sparsity:.0%} | {task} | {split} | {len(cell)} | {picks} | "
-                             f"{statistics.mean(r['ppl'] for r in cell):.2f} | "
-                             f"{fmt([r['vs_uniform'] for r in cell])} | {fmt([r['vs_owl'] for r in cell])} | "
-                             f"{fmt([r['vs_best'] for r in cell])} | "
-                             f"{sum(r['vs_uniform'] <= 0 for r in cell)}/{len(cell)} | "
-                             f"{sum(r['vs_owl'] <= 0 for r in cell)}/{len(cell)} |")
-    lines.append("")
-    for method in sorted({r["method"] for r in runs}):
-        noise = []
-        for sparsity in sorted({r["sparsity"] for r in runs if r["method"] == method}):
-            uniform = [r["wikitext2_ppl"] for r in rows if r["key"]["allocation"] == "uniform" and
-                       (r["key"]["method"], r["key"]["sparsity"]) == (method, sparsity)]
-            if len(uniform) > 1:
-                noise.append(f"{100 * statistics.stdev(uniform) / statistics.mean(uniform):.1f}% at {sparsity:.0%}")
-        if noise:
-            lines.append(f"- {method}, calibration-seed noise (standard deviation of uniform's perplexity over the "
-                         f"calibration draws): {', '.join(noise)}.")
-        for split in sorted({r["split"] for r in runs if r["method"] == method}):
-            group = [r for r in runs if (r["method"], r["split"]) == (method, split)]
-            pairs = sorted({(r["scoring_seed"], r["calibration_seed"]) for r in group})
-            lines.append(f"- {method}, {split} selection windows: {len(group)} runs (scoring × calibration seeds "
-                         f"{', '.join(f'{s}×{c}' for s, c in pairs)}); auto ≤ uniform in "
-                         f"{sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
-                         f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
-                         f"{sum(r['vs_owl'] <= 0 for r in group)} of {len(group)}; mean vs uniform "
-                         f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
-                         f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose a LayerIF map in "
-                         f"{sum(r['chosen'].startswith('layerif') for r in group)}.")
-    return "\n".join(lines)
-
-
-def selection_windows(key: dict) -> int:
-    """The number of selection windows an auto row was selected on (rows of the grid's default split omit it)."""
-    return key.get("selection_nsamples", GRID_SELECTION_NSAMPLES)
-
-
-def is_grid_auto(key: dict) -> bool:
-    """An auto row of the grid's own selection split (the zero-shot and objective tables pair these)."""
-    return key["allocation"].startswith("auto_") and selection_windows(key) == GRID_SELECTION_NSAMPLES
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_result_tables_in_the_docs_match_the_benchmark_outputs(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import json
 
-    import auto_selection_smollm2 as selection
+    import auto_selection_tables as selection
     from result_rows import ResultRows
     from results_block import read_block
 
