@@ -197,6 +197,14 @@ def test_card_and_cli_show_the_selection(tmp_path, capsys):
     assert f"Chosen by held-out selection among 9 allocations: **{record['chosen']}**" in card
     assert f"uniform scored {record['uniform_loss']:.4f}" in card and "(selection.png)" in card
     assert (tmp_path / "out" / "selection.png").stat().st_size > 1000
+    assert (record["lowest_objective"] != record["chosen"]) == ("had the lowest objective" in card)
+    from hf_layerif.hub.artifacts import _kept_text
+
+    kept = {"chosen": "uniform", "lowest_objective": "owl", "min_margin_se": 2.0,
+            "candidates": [{"name": "owl", "delta_to_uniform": -0.01, "delta_se": 0.008}]}
+    assert _kept_text(kept) == (" owl had the lowest objective but beat uniform by less than 2 paired standard errors "
+                                "(-0.0100 ± 0.0080 nats/token), so uniform was kept.")
+    assert _kept_text({**kept, "lowest_objective": "uniform"}) == ""
 
     folder = tmp_path / "model"
     tiny_llama(layers=4).save_pretrained(folder)
@@ -317,3 +325,62 @@ def test_a_close_call_is_flagged(caplog):
     assert not warn_if_close_call("owl", {"owl": (-0.02, 0.008)}, 16)  # 2.5 standard errors
     assert not warn_if_close_call("uniform", {"uniform": (0.0, 0.0)}, 16)
     assert not warn_if_close_call("owl", {}, 16)
+
+
+def test_margin_rule_chooses_only_candidates_that_clear_it():
+    from hf_layerif.pruning.selection import clears_margin
+
+    losses = {"uniform": 1.0, "owl": 0.99, "layerif": 0.985, "alphapruning": 0.98}
+    margins = {"owl": (-0.01, 0.004), "layerif": (-0.015, 0.01), "alphapruning": (-0.02, None)}  # z 2.5, 1.5, no SE
+    assert _choose(losses) == _choose(losses, margins, 0.0) == "alphapruning"  # 0: the lowest objective outright
+    assert _choose(losses, margins, 1.0) == "layerif"
+    assert _choose(losses, margins, 2.0) == "owl"
+    assert _choose(losses, margins, 3.0) == "uniform"
+    assert clears_margin("owl", margins, 2.5) and not clears_margin("owl", margins, 2.51)
+    assert not clears_margin("alphapruning", margins, 0.5)  # no standard error, no evidence
+    assert not clears_margin("worse", {"worse": (0.01, 0.001)}, 1.0)
+    assert _choose({"uniform": 1.0, "owl": 1.0}, {"owl": (0.0, 0.0)}, 2.0) == "uniform"  # ties still go to uniform
+
+
+def test_margin_rule_keeps_uniform_on_a_close_call_and_reuses_the_saved_stages(tmp_path, monkeypatch, caplog):
+    """The same stages chosen twice: min_margin_se=0 takes the lowest objective; a margin that candidate does not
+    clear keeps uniform without pruning anything but uniform again, says why, and the model is uniform's."""
+    from hf_layerif.utils.logging import get_logger
+
+    calibration, selection = _ids(8), _ids(6, seed=1)
+    options = {"screen_fraction": 1.0, "candidates": "uniform,layerif:epsilon=0.1:reverse=true,owl"}
+    first = LayerIFPruner(tiny_llama(layers=4)).prune(_auto(min_margin_se=0.0, **options), calibration, progress=False,
+                                                      selection_dataset=selection, selection_dir=tmp_path)
+    record = first.extra["selection"]
+    lowest = record["lowest_objective"]
+    assert record["chosen"] == lowest != "uniform"  # this draw has a close call: the test needs one
+    row = next(r for r in record["candidates"] if r["name"] == lowest)
+    z = -row["delta_to_uniform"] / row["delta_se"]
+    assert 0 < z < 2
+    passes = []
+    real = selection_module.prune_in_flight
+    monkeypatch.setattr(selection_module, "prune_in_flight",
+                        lambda model, blocks, method, config, ratio_sets, *a, **k: passes.append(ratio_sets) or
+                        real(model, blocks, method, config, ratio_sets, *a, **k))
+    logger = get_logger("hf_layerif")
+    logger.addHandler(caplog.handler)
+    model = tiny_llama(layers=4)
+    try:
+        again = LayerIFPruner(model).prune(_auto(min_margin_se=2.0, **options), calibration, progress=False,
+                                           selection_dataset=selection, selection_dir=tmp_path).extra["selection"]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(passes) == 1 and len(passes[0]) == 1  # stages reused; only uniform pruned, to keep its weights
+    assert again["chosen"] == "uniform" and again["lowest_objective"] == lowest and again["min_margin_se"] == 2.0
+    assert again["chosen_loss"] == again["uniform_loss"] == record["uniform_loss"]
+    assert model_loss(model, selection, batch_size=3) == pytest.approx(record["uniform_loss"], rel=1e-6)
+    assert f"{lowest} had the lowest selection objective" in caplog.text and "uniform is kept" in caplog.text
+    assert "did not clear the margin" in selection_table(again) and "2 paired standard errors" in again["rule"]
+
+
+def test_margin_rule_needs_a_standard_error():
+    with pytest.raises(ValueError, match="selection_nsamples >= 2"):
+        _auto(selection_nsamples=1)
+    _auto(selection_nsamples=1, min_margin_se=0)  # the objective alone needs one sequence
+    with pytest.raises(ValueError, match="min_margin_se must be >= 0"):
+        _auto(min_margin_se=-1)

@@ -209,7 +209,7 @@ class PrunedModelArtifact(HubArtifact):
                 + (f" from {display_name(source)}" if isinstance(source, str) else "")
                 + (f", seed {split['seed']}" if split.get("seed") is not None else "")
                 + (f", disjoint from {split['disjoint_from']}" if split.get("disjoint_from") else "")
-                + f". Rule: {selection['rule']}.")
+                + f". Rule: {selection['rule']}." + _kept_text(selection))
         rows = [{"name": r["name"], "screen": f"{r['screen_loss']:.4f}",
                  "final": "-" if r["loss"] is None else f"{r['loss']:.4f}",
                  "chosen": "✓" if r["name"] == selection["chosen"] else ""} for r in selection["candidates"]]
@@ -293,6 +293,18 @@ def artifact_for(model) -> HubArtifact:
             return artifact(model)
     raise ValueError("model= must be a LayerIFPruner (after prune()), a PeftModel with a LayerIF adapter, or a folder "
                      "written by one of them.")
+
+
+def _kept_text(selection: dict) -> str:
+    """`` X had the lowest objective ...`` when the margin rule kept another allocation (uniform, as a rule)."""
+    lowest = selection.get("lowest_objective")
+    if not lowest or lowest == selection.get("chosen"):
+        return ""
+    row = next((r for r in selection.get("candidates", []) if r.get("name") == lowest), {})
+    delta, se = row.get("delta_to_uniform"), row.get("delta_se")
+    evidence = "" if delta is None or se is None else f" ({delta:+.4f} ± {se:.4f} nats/token)"
+    return (f" {lowest} had the lowest objective but beat uniform by less than {selection.get('min_margin_se', 0):g} "
+            f"paired standard errors{evidence}, so {selection['chosen']} was kept.")
 
 
 def _margin_text(selection: dict) -> str:

@@ -45,6 +45,9 @@ class PruningConfig(JsonPretrainedMixin):
         screen_fraction: ``"auto"`` screens every candidate with this fraction of the calibration sequences, then
             prunes uniform and the ``finalists`` best others with all of them; 1 evaluates every candidate fully.
         finalists: non-uniform candidates that go from screening to the final evaluation.
+        min_margin_se: ``"auto"`` chooses a candidate other than uniform only when it beats uniform's objective by at
+            least this many paired standard errors over the selection sequences (the per-sequence loss differences);
+            otherwise uniform is kept. 0 chooses the lowest objective outright.
         epsilon: ratio band half-width for score-based allocations (LayerIF, AlphaPruning).
         reverse: the opposite direction for score-based allocations (a larger score gets less sparsity).
         structure: ``"unstructured"``, ``"2:4"`` or ``"4:8"``. N:M fixes every layer's sparsity at n/m, so it
@@ -78,6 +81,9 @@ class PruningConfig(JsonPretrainedMixin):
         "help": "allocation=auto: fraction of calibration sequences used to screen every candidate (1: no screening)."})
     finalists: int = field(default=1, metadata={
         "help": "allocation=auto: candidates besides uniform evaluated with all calibration sequences."})
+    min_margin_se: float = field(default=2.0, metadata={
+        "help": "allocation=auto: a candidate other than uniform must beat uniform by this many paired standard errors "
+                "of the selection objective (0: the lowest objective wins)."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
     reverse: bool = field(default=False, metadata={"help": "Score-based allocations: larger scores get less sparsity."})
     structure: str = field(default="unstructured", metadata={"help": f"One of {STRUCTURES}."})
@@ -111,6 +117,11 @@ class PruningConfig(JsonPretrainedMixin):
             raise ValueError("nsamples, batch_size must be >= 1 and seqlen >= 2.")
         if self.selection_nsamples < 1 or self.finalists < 1 or not 0 < self.screen_fraction <= 1:
             raise ValueError("selection_nsamples and finalists must be >= 1 and screen_fraction in (0, 1].")
+        if not self.min_margin_se >= 0:
+            raise ValueError(f"min_margin_se must be >= 0 (standard errors), got {self.min_margin_se}.")
+        if self.allocation == AUTO and self.min_margin_se > 0 and self.selection_nsamples < 2:
+            raise ValueError("min_margin_se needs a standard error, so at least 2 selection sequences: set "
+                             "selection_nsamples >= 2, or min_margin_se=0 to choose the lowest objective outright.")
         if self.allocation == AUTO and self.nm is None:
             from .candidates import resolve_candidates
 

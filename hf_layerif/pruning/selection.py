@@ -12,9 +12,11 @@ Two stages, all candidates of a stage pruned in one pass (:func:`~hf_layerif.pru
    the same subset. Rule for dropping early: only the ``finalists`` best non-uniform candidates by this screening
    objective go on; the others are dropped.
 2. **Final**: uniform and the finalists are pruned with all calibration sequences (their outlier ratios too) and
-   scored. The chosen allocation
-   is the one with the lowest final objective, ties to uniform, so J(chosen) ≤ J(uniform) holds always, and the
-   model keeps the chosen candidate's pruned weights (the same weights a plain prune with that allocation gives).
+   scored. Rule for choosing: a finalist other than uniform is eligible only when it beats uniform by at least
+   ``min_margin_se`` paired standard errors (mean and standard error of its per-sequence loss differences to
+   uniform on the selection split); the chosen allocation is the eligible one with the lowest final objective,
+   uniform when none is (ties to uniform too), so J(chosen) ≤ J(uniform) holds always. The model keeps the chosen
+   candidate's pruned weights (the same weights a plain prune with that allocation gives).
 
 With ``screen_fraction = 1`` screening *is* the final evaluation of every candidate (exhaustive), and the chosen one
 is pruned once more to keep its weights. With ``selection_dir``, each finished stage is saved (JSON) and a re-run
@@ -72,7 +74,9 @@ def _fingerprint(tensor: torch.Tensor) -> str:
 def _state_key(model, config: PruningConfig, ratio_sets: dict[str, list[float]], calibration_ids, selection_ids) -> dict:
     from ..utils.fingerprint import fingerprint_parameters
 
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("allocation", "scores", "candidates")}
+    # the margin rule only reads the saved stages: a re-run with another min_margin_se re-chooses without pruning
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("allocation", "scores", "candidates", "min_margin_se")}
     return {"settings": settings, "candidates": ratio_sets,
             "calibration": None if calibration_ids is None else _fingerprint(calibration_ids),
             "selection": _fingerprint(selection_ids), "model": fingerprint_parameters(list(model.named_parameters()))}
@@ -131,13 +135,43 @@ def warn_if_close_call(chosen: str, margins: dict[str, tuple[float | None, float
     return True
 
 
-def _choose(losses: dict[str, float]) -> str:
-    """The lowest loss; uniform wins ties, other ties go to the earlier candidate."""
+def clears_margin(name: str, margins: dict[str, tuple[float | None, float | None]], min_margin_se: float) -> bool:
+    """Whether candidate ``name`` beats uniform by at least ``min_margin_se`` paired standard errors: its mean
+    per-sequence difference Δ (nats/token) is negative and −Δ ≥ min_margin_se · SE. With ``min_margin_se`` 0 any
+    candidate passes (the objective alone decides); without a recorded margin or standard error none does."""
+    if min_margin_se == 0:
+        return True
+    delta, se = margins.get(name, (None, None))
+    return delta is not None and se is not None and delta < 0 and -delta >= min_margin_se * se
+
+
+def _choose(losses: dict[str, float], margins: dict[str, tuple[float | None, float | None]] | None = None,
+            min_margin_se: float = 0.0) -> str:
+    """The lowest loss among uniform and the candidates that clear the margin (:func:`clears_margin`); uniform
+    wins ties, other ties go to the earlier candidate."""
     best = UNIFORM
     for name, loss in losses.items():
-        if loss < losses[best]:
+        if loss < losses[best] and clears_margin(name, margins or {}, min_margin_se):
             best = name
     return best
+
+
+def warn_if_kept_uniform(chosen: str, lowest: str, margins: dict[str, tuple[float | None, float | None]],
+                         min_margin_se: float, sequences: int) -> bool:
+    """Warn (and return True) when the candidate with the lowest objective was not chosen because it did not clear
+    the margin over uniform."""
+    if chosen == lowest:
+        return False
+    delta, se = margins.get(lowest, (None, None))
+    if delta is None or se is None:
+        evidence = "without a paired standard error"
+    else:
+        evidence = f"by {-delta:.4f} ± {se:.4f} nats/token"
+    logger.warning("%s had the lowest selection objective but beat uniform %s (paired over %d selection sequences), "
+                   "under min_margin_se=%g standard errors: %s is kept. A larger selection split (selection_nsamples=) "
+                   "can separate them; min_margin_se=0 takes the lowest objective outright.", lowest, evidence,
+                   sequences, min_margin_se, chosen)
+    return True
 
 
 def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tensor | None, selection_ids: torch.Tensor,
@@ -219,7 +253,8 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     if exhaustive and "final_sequences" not in state and "screen_sequences" in state:
         state["final_sequences"] = state["screen_sequences"]
     margins = paired_margins(state.get("final_sequences") or {}, finalists)
-    chosen = _choose({n: final_losses[n] for n in finalists})
+    lowest = _choose({n: final_losses[n] for n in finalists})
+    chosen = _choose({n: final_losses[n] for n in finalists}, margins, config.min_margin_se)
     if chosen not in kept:  # exhaustive, or resumed after the final stage: prune the chosen one again (deterministic)
         kept = run([chosen], calibration_ids, True, f"pruning with the chosen allocation {chosen}")
         recomputed, recorded = kept[chosen].loss, final_losses[chosen]
@@ -248,7 +283,11 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
                  f"screening with {n_screen} of {nsamples} calibration sequences, scored on "
                  f"{int(screen_selection.shape[0])} of the {int(selection_ids.shape[0])} selection sequences; uniform "
                  f"and the best {config.finalists} other(s) pruned with all calibration sequences and scored on every "
-                 "selection sequence; lowest final objective chosen, ties to uniform"),
+                 "selection sequence; lowest final objective chosen, ties to uniform")
+                + (f"; a candidate other than uniform only if it beats uniform by at least {config.min_margin_se:g} "
+                   "paired standard errors over the selection sequences" if config.min_margin_se else ""),
+        "min_margin_se": config.min_margin_se,
+        "lowest_objective": lowest,
         "screen_nsamples": nsamples if exhaustive else n_screen,
         "screen_selection_nsamples": int(screen_selection.shape[0]),
         "finalists": finalists,
@@ -261,6 +300,7 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     logger.info("Allocation selection: chose %s (objective %.5f; uniform %.5f).", chosen, final_losses[chosen],
                 final_losses[UNIFORM])
     warn_if_close_call(chosen, margins, int(selection_ids.shape[0]))
+    warn_if_kept_uniform(chosen, lowest, margins, config.min_margin_se, int(selection_ids.shape[0]))
     return SelectionOutcome(allocations[chosen], kept[chosen].modules, record)
 
 
@@ -279,6 +319,10 @@ def selection_table(record: dict[str, Any]) -> str:
         mark = "*" if r["name"] == record["chosen"] else " "
         lines.append(f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}  {margin:>19}")
     lines.append(f"chosen: {record['chosen']} ({record['rule']})")
+    lowest = record.get("lowest_objective")
+    if lowest and lowest != record["chosen"]:
+        lines.append(f"{lowest} had the lowest objective but did not clear the margin over uniform "
+                     f"({record.get('min_margin_se', 0):g} standard errors)")
     return "\n".join(lines)
 
 
