@@ -51,11 +51,12 @@ from auto_selection_tables import (  # noqa: E402
     COST_BLOCK,
     FIDELITY_BLOCK,
     GRID_SELECTION_NSAMPLES,
+    MARGIN_BLOCK,
     ZERO_SHOT_BLOCK,
     cost_table,
     is_grid_auto,
+    margin_table,
     objective_fidelity_table,
-    selection_windows,
     summarize,
     zero_shot_table,
 )
@@ -226,9 +227,6 @@ def main() -> None:
     parser.add_argument("--fidelity_windows", type=int, default=128)
     parser.add_argument("--fidelity_selection_seeds", default="1,2,3")
     parser.add_argument("--fidelity_jsonl", default="benchmarks/figures/auto_selection_objective_smollm2.jsonl")
-    parser.add_argument("--margins", action="store_true",
-                        help="each non-uniform choice's paired margin over uniform on its selection split")
-    parser.add_argument("--margins_jsonl", default="benchmarks/figures/auto_selection_margins_smollm2.jsonl")
     parser.add_argument("--write_results", default=None, nargs="*",
                         help="Markdown files whose marked blocks are rewritten (RESULTS.md, README.md)")
     parser.add_argument("--summarize_only", action="store_true", help="rewrite the marked blocks from the saved rows")
@@ -280,10 +278,6 @@ def main() -> None:
         return
     if args.zero_shot:
         run_zero_shot(args, fresh, tokenizer, task_scores, c4_file, wiki_test)
-        write_blocks(args)
-        return
-    if args.margins:
-        run_margins(args, fresh, tokenizer, task_scores, c4_file)
         write_blocks(args)
         return
     if args.objective_fidelity:
@@ -428,57 +422,6 @@ def run_zero_shot(args, fresh, tokenizer, task_scores, c4_file: str, wiki_test: 
         print(f"zero-shot {key}: {time.time() - started:.0f} s", flush=True)
 
 
-def run_margins(args, fresh, tokenizer, task_scores, c4_file: str) -> None:
-    """The paired margin over uniform (mean and standard error of the per-sequence loss differences on the selection
-    split) of every allocation other than uniform that an auto run of the grid chose: ``allocation="auto"`` again on
-    the same calibration draw and selection split with only uniform and that candidate, each pruned with all
-    calibration sequences (``screen_fraction=1``), which is what the run's final stage compared. Both objectives must
-    reproduce the grid's to 1e-5 (relative)."""
-    from hf_layerif.pruning import LayerIFPruner, PruningConfig
-
-    out = ResultRows(args.margins_jsonl)
-    methods = args.methods.split(",")
-    for key, expected in margin_keys(ResultRows(args.jsonl).rows()).values():
-        if key["method"] not in methods or out.has(key):
-            continue
-        started = time.time()
-        spec = key["candidate"].replace("(", ":").replace(", ", ":").rstrip(")")
-        scores = task_scores(key["task"], key["scoring_seed"]) if "task" in key else None
-        config = PruningConfig(method=key["method"], sparsity=key["sparsity"], nsamples=args.nsamples,
-                               seqlen=args.seqlen, seed=key["calibration_seed"], calibration=c4_file,
-                               allocation="auto", scores=scores, candidates=["uniform", spec],
-                               selection_nsamples=key["selection_nsamples"], screen_fraction=1.0)
-        report = LayerIFPruner(fresh(), tokenizer).prune(config, progress=False)
-        record = report.extra["selection"]
-        rows = {r["name"]: r for r in record["candidates"]}
-        mine, uniform = rows[key["candidate"]], rows["uniform"]
-        for name, loss in ((key["candidate"], mine["loss"]), ("uniform", uniform["loss"])):
-            if abs(loss / expected[name] - 1) > 1e-5:
-                raise RuntimeError(f"{key}: {name} scores {loss:.6f} on the selection split, the grid recorded "
-                                   f"{expected[name]:.6f}; not the same selection")
-        out.record(key, {"loss": mine["loss"], "uniform_loss": uniform["loss"], "delta": mine["delta_to_uniform"],
-                         "delta_se": mine["delta_se"], "sequences": record["split"]["nsamples"],
-                         "seconds": time.time() - started})
-
-
-def margin_keys(rows: list[dict]) -> dict[str, tuple[dict, dict[str, float]]]:
-    """The (candidate, calibration draw, selection split) of every non-uniform choice of an auto row, by id, with the
-    objectives the run recorded for it and for uniform. A LayerIF choice carries its task and scoring seed; OWL's
-    and AlphaPruning's margins do not depend on the scores."""
-    keys: dict[str, tuple[dict, dict[str, float]]] = {}
-    for row in rows:
-        k = row["key"]
-        if not k["allocation"].startswith("auto_") or row["chosen"] == "uniform":
-            continue
-        key = {"method": k["method"], "sparsity": k["sparsity"], "calibration_seed": k["calibration_seed"],
-               "selection_nsamples": selection_windows(k), "candidate": row["chosen"]}
-        if row["chosen"] not in ("owl", "alphapruning"):
-            key.update(task=k["allocation"][len("auto_"):], scoring_seed=k["scoring_seed"])
-        ident = json.dumps(key, sort_keys=True)
-        keys.setdefault(ident, (key, {row["chosen"]: row["chosen_loss"], "uniform": row["uniform_loss"]}))
-    return keys
-
-
 def run_objective_fidelity(args, fresh, tokenizer, c4_file: str, wiki_test: str) -> None:
     """Per-window selection losses [windows] of the grid's Wanda uniform and OWL models, per calibration draw and
     selection seed (rows in ``--fidelity_jsonl``)."""
@@ -547,6 +490,8 @@ def write_blocks(args) -> None:
             replace_block(path, FIDELITY_BLOCK, objective_fidelity_table(ResultRows(args.jsonl).rows(),
                                                                          ResultRows(args.fidelity_jsonl).rows(),
                                                                          ResultRows(args.zero_shot_jsonl).rows()))
+        if MARGIN_BLOCK in Path(path).read_text(encoding="utf-8"):
+            replace_block(path, MARGIN_BLOCK, margin_table(ResultRows(args.jsonl).rows(), args.tasks.split(",")))
         if Path(args.zero_shot_jsonl).exists() and ZERO_SHOT_BLOCK in Path(path).read_text(encoding="utf-8"):
             replace_block(path, ZERO_SHOT_BLOCK, zero_shot_table(ResultRows(args.jsonl).rows(),
                                                                  ResultRows(args.zero_shot_jsonl).rows(),

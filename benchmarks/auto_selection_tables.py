@@ -3,6 +3,7 @@ no torch), so ``--summarize_only`` and the test that checks the documents' gener
 
 from __future__ import annotations
 
+import json
 import statistics
 
 BLOCK = "auto-selection"
@@ -12,94 +13,61 @@ FIDELITY_BLOCK = "auto-selection-objective"
 GRID_SELECTION_NSAMPLES = 8  # the grid's selection split: 8 windows × 128 tokens
 MARGIN_BLOCK = "auto-selection-margin"
 MARGIN_RULES = (0.0, 1.0, 2.0)  # min_margin_se values the margin table applies to the grid's choices
-FIXED = ("uniform", "owl", "alphapruning")  # allocations that do not read the scores
 
 
-def margin_id(key: dict, candidate: str) -> tuple:
-    """What a finalist's margin over uniform depends on: the method, sparsity, calibration draw, selection split and
-    the candidate, plus the task and scoring seed for a LayerIF map (OWL's and AlphaPruning's do not read scores)."""
-    ident = (key["method"], key["sparsity"], key["calibration_seed"], selection_windows(key), candidate)
-    if candidate in FIXED:
-        return (*ident, None, None)
-    return (*ident, key["allocation"][len("auto_"):], key["scoring_seed"])
-
-
-def finalist_margins(rows: list[dict], margin_rows: list[dict]) -> dict[tuple, tuple[float, float]]:
-    """(Δ, SE) over uniform (nats/token, paired over the selection sequences) per :func:`margin_id`: from the auto
-    rows that recorded their finalists' margins, and from ``--margins`` rows re-measured for earlier ones."""
-    margins: dict[tuple, tuple[float, float]] = {}
-    for r in margin_rows:
-        k = r["key"]
-        auto_key = {**k, "allocation": f"auto_{k.get('task')}"}
-        margins[margin_id(auto_key, k["candidate"])] = (r["delta"], r["delta_se"])
-    for r in rows:
-        for name, (delta, se) in (r.get("margins") or {}).items():
-            margins[margin_id(r["key"], name)] = (delta, se)
-    return margins
-
-
-def margin_rule_runs(rows: list[dict], margin_rows: list[dict], tasks: list[str], min_margin_se: float
-                     ) -> list[dict]:
-    """:func:`paired_auto_runs` of the auto rows recorded with the lowest-objective rule (``min_margin_se`` 0), each
-    re-chosen as ``min_margin_se`` would have chosen: the finalist when Δ < 0 and −Δ ≥ min_margin_se · SE, uniform
-    otherwise (then its WikiText-2 perplexity is uniform's on the same calibration draw). Exact with one finalist,
-    the grid's setting: the final stage compared uniform with that finalist alone. Runs whose choice needs a margin
-    not measured yet are left out."""
-    margins = finalist_margins(rows, margin_rows)
-    recorded = [r for r in rows if r["key"]["allocation"].startswith("auto_") and not r.get("min_margin_se")
+def margin_rule_runs(rows: list[dict], tasks: list[str], min_margin_se: float) -> list[dict]:
+    """:func:`paired_auto_runs` of the auto rows that recorded their finalist's margin over uniform (``margins``:
+    Δ and its paired SE in nats/token) under the lowest-objective rule (``min_margin_se`` 0), each re-chosen as
+    ``min_margin_se`` would have chosen: the finalist when Δ < 0 and −Δ ≥ min_margin_se · SE, uniform otherwise
+    (then its WikiText-2 perplexity is uniform's on the same calibration draw). Exact with one finalist, the grid's
+    setting: the final stage compared uniform with that finalist alone. Each run gains ``finalist`` and ``z``
+    (−Δ / SE)."""
+    recorded = [r for r in rows if r.get("margins") is not None and not r.get("min_margin_se")
                 and "min_margin_se" not in r["key"]]
+    margins = {json.dumps(r["key"], sort_keys=True): r["margins"] for r in recorded}
     runs = []
-    for run in paired_auto_runs(recorded, tasks):
-        if run["chosen"] == "uniform":
-            runs.append({**run, "z": None})
-            continue
-        margin = margins.get(margin_id(run["key"], run["chosen"]))
-        if margin is None:
-            continue
-        delta, se = margin
-        z = -delta / se if se else float("inf")
-        if delta < 0 and (min_margin_se == 0 or -delta >= min_margin_se * se):
-            runs.append({**run, "z": z})
+    fixed = [r for r in rows if not r["key"]["allocation"].startswith("auto_")]
+    for run in paired_auto_runs(fixed + recorded, tasks):
+        (finalist, (delta, se)), = margins[json.dumps(run["key"], sort_keys=True)].items()
+        z = -delta / se if se else (float("inf") if delta < 0 else float("-inf"))
+        run = {**run, "finalist": finalist, "delta": delta, "se": se, "z": z}
+        if run["chosen"] == "uniform" or (delta < 0 and z >= min_margin_se):
+            runs.append(run)
             continue
         scale = 1 + run["vs_uniform"] / 100  # auto / uniform: back to uniform's own perplexity
-        runs.append({**run, "z": z, "chosen": "uniform", "ppl": run["ppl"] / scale, "vs_uniform": 0.0,
+        runs.append({**run, "chosen": "uniform", "ppl": run["ppl"] / scale, "vs_uniform": 0.0,
                      "vs_owl": 100 * ((1 + run["vs_owl"] / 100) / scale - 1),
                      "vs_best": 100 * ((1 + run["vs_best"] / 100) / scale - 1)})
     return runs
 
 
-def margin_table(rows: list[dict], margin_rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: every allocation other than uniform the grid's auto runs chose, with its paired margin over uniform
-    on the selection split (millinats/token ± SE, and in standard errors) and its WikiText-2 perplexity against
-    uniform's on the same calibration draw; then, per method, selection split and ``min_margin_se`` of
-    :data:`MARGIN_RULES`, the grid's totals had auto chosen by that rule (:func:`margin_rule_runs`)."""
-    margins = finalist_margins(rows, margin_rows)
-    lines = ["| method | sparsity | selection windows | chosen (lowest objective) | scores from (scoring × calibration "
-             "seeds) | margin over uniform (millinats/token ± SE) | standard errors | WikiText-2 vs uniform (%) |",
-             "|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple, list[dict]] = {}
-    for run in margin_rule_runs(rows, margin_rows, tasks, 0.0):
-        if run["chosen"] != "uniform":
-            groups.setdefault(margin_id(run["key"], run["chosen"]), []).append(run)
-    for ident, group in sorted(groups.items(), key=lambda item: (item[0][:4], str(item[0][4:]))):
-        method, sparsity, _, windows, candidate = ident[:5]
-        delta, se = margins[ident]
-        where = ", ".join(f"{r['task']} {r['scoring_seed']}×{r['calibration_seed']}" for r in group)
-        lines.append(f"| {method} | {sparsity:.0%} | {windows} | {candidate} | {where} | {1000 * delta:+.1f} ± "
-                     f"{1000 * se:.1f} | {-delta / se:.1f} | {group[0]['vs_uniform']:+.1f} |")
+def margin_table(rows: list[dict], tasks: list[str]) -> str:
+    """Markdown: every auto run that recorded its finalist's margin, with that margin over uniform on the selection
+    split (millinats/token ± SE, and in standard errors), the lowest-objective choice and its WikiText-2 perplexity
+    against uniform's on the same calibration draw; then, per method and ``min_margin_se`` of :data:`MARGIN_RULES`,
+    the totals had auto chosen by that rule (:func:`margin_rule_runs`)."""
+    runs = margin_rule_runs(rows, tasks, 0.0)
+    if not runs:
+        return ""
+    lines = ["| method | sparsity | scores from | scoring × calibration seed | finalist | margin over uniform "
+             "(millinats/token ± SE) | standard errors | lowest objective | its WikiText-2 vs uniform (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["method"], r["sparsity"], r["task"], r["calibration_seed"],
+                                         r["scoring_seed"])):
+        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['task']} | {r['scoring_seed']}×{r['calibration_seed']} "
+                     f"| {r['finalist']} | {1000 * r['delta']:+.1f} ± {1000 * r['se']:.1f} | {r['z']:+.1f} | "
+                     f"{r['chosen']} | {r['vs_uniform']:+.1f} |")
     lines.append("")
-    for method in sorted({r["method"] for r in margin_rule_runs(rows, margin_rows, tasks, 0.0)}):
+    for method in sorted({r["method"] for r in runs}):
         for rule in MARGIN_RULES:
-            runs = [r for r in margin_rule_runs(rows, margin_rows, tasks, rule) if r["method"] == method]
-            for split in sorted({r["split"] for r in runs}):
-                group = [r for r in runs if r["split"] == split]
-                lines.append(f"- {method}, {split} selection windows, min_margin_se {rule:g}: {len(group)} runs; "
-                             f"auto ≤ uniform in {sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
-                             f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
-                             f"{sum(r['vs_owl'] <= 0 for r in group)}; mean vs uniform "
-                             f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
-                             f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose other than uniform in "
-                             f"{sum(r['chosen'] != 'uniform' for r in group)}.")
+            group = [r for r in margin_rule_runs(rows, tasks, rule) if r["method"] == method]
+            lines.append(f"- {method}, min_margin_se {rule:g}: {len(group)} runs; auto ≤ uniform in "
+                         f"{sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
+                         f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
+                         f"{sum(r['vs_owl'] <= 0 for r in group)}; mean vs uniform "
+                         f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
+                         f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose other than uniform in "
+                         f"{sum(r['chosen'] != 'uniform' for r in group)}.")
     return "\n".join(lines)
 
 

@@ -62,6 +62,35 @@ def test_result_tables_in_the_docs_match_the_benchmark_outputs(monkeypatch):
         ResultRows(figures / "auto_selection_zero_shot_smollm2.jsonl").rows())
     assert objective.count("\n") >= 3
     assert read_block(root / "benchmarks" / "RESULTS.md", selection.FIDELITY_BLOCK) == objective
+    margin = selection.margin_table(rows, ["tinystories", "arc_easy"])
+    assert margin.count("\n") >= 3
+    assert read_block(root / "benchmarks" / "RESULTS.md", selection.MARGIN_BLOCK) == margin
+
+
+def test_margin_rule_re_chooses_a_recorded_run_by_hand(monkeypatch):
+    """A run whose finalist won by 1.25 standard errors keeps it under min_margin_se 0 and 1 and falls back to
+    uniform's own model (its perplexity, paired against the same OWL) under 2; a run that kept uniform keeps it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import auto_selection_tables as selection
+
+    cell = {"method": "wanda", "sparsity": 0.5, "calibration_seed": 3}
+    rows = [{"key": {**cell, "allocation": "uniform"}, "wikitext2_ppl": 100.0},
+            {"key": {**cell, "allocation": "owl"}, "wikitext2_ppl": 96.0},
+            {"key": {**cell, "allocation": "auto_a", "scoring_seed": 0}, "wikitext2_ppl": 95.0, "chosen": "owl",
+             "margins": {"owl": [-0.010, 0.008]}},
+            {"key": {**cell, "allocation": "auto_b", "scoring_seed": 0}, "wikitext2_ppl": 100.0,
+             "chosen": "uniform", "margins": {"layerif(epsilon=0.1, reverse=true)": [0.004, 0.003]}},
+            {"key": {**cell, "allocation": "auto_a", "scoring_seed": 1}, "wikitext2_ppl": 90.0, "chosen": "owl"}]
+    for rule, ppl in ((0.0, 95.0), (1.0, 95.0), (2.0, 100.0)):
+        runs = {r["task"]: r for r in selection.margin_rule_runs(rows, ["a", "b"], rule)}
+        assert set(runs) == {"a", "b"}  # the run without recorded margins is left out
+        assert runs["a"]["z"] == pytest.approx(1.25) and runs["a"]["finalist"] == "owl"
+        assert runs["a"]["ppl"] == pytest.approx(ppl) and runs["a"]["chosen"] == ("owl" if ppl == 95.0 else "uniform")
+        assert runs["a"]["vs_uniform"] == pytest.approx(100 * (ppl / 100 - 1))
+        assert runs["a"]["vs_owl"] == pytest.approx(100 * (ppl / 96 - 1))
+        assert runs["b"]["chosen"] == "uniform" and runs["b"]["vs_uniform"] == 0.0
+    table = selection.margin_table(rows, ["a", "b"])
+    assert "| +1.2 |" in table and "min_margin_se 2: 2 runs; auto ≤ uniform in 2 of 2" in table
 
 
 @pytest.mark.parametrize("model", ["stories260k", "smollm2"])
