@@ -348,6 +348,10 @@ def main() -> None:
     write_blocks(args)
 
 
+NOT_THE_SAME_MODEL = ("it is not the same model (rows recorded on another machine, another CPU and a fresh install, did "
+                      "not reproduce there: re-run the rows this needs on this machine first)")
+
+
 def zero_shot_models(rows: list[dict], methods: list[str]) -> dict[str, dict]:
     """The pruned models the zero-shot part evaluates, by id: per (method, sparsity, calibration seed) with an auto
     run, uniform, OWL and every allocation auto chose there (a LayerIF choice depends on its scores: task and
@@ -417,7 +421,7 @@ def run_zero_shot(args, fresh, tokenizer, task_scores, c4_file: str, wiki_test: 
         ppl = perplexity(pruner.model, tokenizer, wiki_test, seqlen=512, max_windows=args.eval_windows)
         if abs(ppl / model["expected_ppl"] - 1) > 1e-4:
             raise RuntimeError(f"{key}: rebuilt model has WikiText-2 perplexity {ppl:.4f}, the grid recorded "
-                               f"{model['expected_ppl']:.4f}; it is not the same model")
+                               f"{model['expected_ppl']:.4f}; {NOT_THE_SAME_MODEL}")
         out.record(key, {"wikitext2_ppl": ppl, **accuracy(pruner.model), "seconds": time.time() - started})
         print(f"zero-shot {key}: {time.time() - started:.0f} s", flush=True)
 
@@ -460,7 +464,7 @@ def run_objective_fidelity(args, fresh, tokenizer, c4_file: str, wiki_test: str)
                 ppl = perplexity(pruner.model, tokenizer, wiki_test, seqlen=512, max_windows=args.eval_windows)
                 if abs(ppl / expected[0]["wikitext2_ppl"] - 1) > 1e-4:
                     raise RuntimeError(f"{cell}: rebuilt model has WikiText-2 perplexity {ppl:.4f}, the grid recorded "
-                                       f"{expected[0]['wikitext2_ppl']:.4f}; it is not the same model")
+                                       f"{expected[0]['wikitext2_ppl']:.4f}; {NOT_THE_SAME_MODEL}")
                 losses = {str(seed): window_losses(pruner.model, split) for seed, split in splits.items()}
                 out.record(key, {"wikitext2_ppl": ppl, "window_losses": losses, "seconds": time.time() - started})
 

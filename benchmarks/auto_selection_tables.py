@@ -49,19 +49,21 @@ def margin_table(rows: list[dict], tasks: list[str]) -> str:
     runs = margin_rule_runs(rows, tasks, 0.0)
     if not runs:
         return ""
-    lines = ["| method | sparsity | scores from | scoring × calibration seed | finalist | margin over uniform "
-             "(millinats/token ± SE) | standard errors | lowest objective | its WikiText-2 vs uniform (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (r["method"], r["sparsity"], r["task"], r["calibration_seed"],
+    lines = ["| method | sparsity | selection windows | scores from | scoring × calibration seed | finalist | margin "
+             "over uniform (millinats/token ± SE) | standard errors | lowest objective | its WikiText-2 vs uniform (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["method"], r["sparsity"], r["split"], r["task"], r["calibration_seed"],
                                          r["scoring_seed"])):
-        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['task']} | {r['scoring_seed']}×{r['calibration_seed']} "
-                     f"| {r['finalist']} | {1000 * r['delta']:+.1f} ± {1000 * r['se']:.1f} | {r['z']:+.1f} | "
+        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['split']} | {r['task']} | "
+                     f"{r['scoring_seed']}×{r['calibration_seed']} "
+                     f"| {r['finalist']} | {1000 * r['delta']:+.1f} ± {1000 * r['se']:.1f} | {r['z']:+.2f} | "
                      f"{r['chosen']} | {r['vs_uniform']:+.1f} |")
     lines.append("")
-    for method in sorted({r["method"] for r in runs}):
+    for method, split in sorted({(r["method"], r["split"]) for r in runs}):
         for rule in MARGIN_RULES:
-            group = [r for r in margin_rule_runs(rows, tasks, rule) if r["method"] == method]
-            lines.append(f"- {method}, min_margin_se {rule:g}: {len(group)} runs; auto ≤ uniform in "
+            group = [r for r in margin_rule_runs(rows, tasks, rule) if (r["method"], r["split"]) == (method, split)]
+            lines.append(f"- {method}, {split} selection windows, min_margin_se {rule:g}: {len(group)} runs; auto ≤ "
+                         f"uniform in "
                          f"{sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
                          f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
                          f"{sum(r['vs_owl'] <= 0 for r in group)}; mean vs uniform "

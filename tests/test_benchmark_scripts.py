@@ -90,7 +90,7 @@ def test_margin_rule_re_chooses_a_recorded_run_by_hand(monkeypatch):
         assert runs["a"]["vs_owl"] == pytest.approx(100 * (ppl / 96 - 1))
         assert runs["b"]["chosen"] == "uniform" and runs["b"]["vs_uniform"] == 0.0
     table = selection.margin_table(rows, ["a", "b"])
-    assert "| +1.2 |" in table and "min_margin_se 2: 2 runs; auto ≤ uniform in 2 of 2" in table
+    assert "| +1.25 |" in table and "8 selection windows, min_margin_se 2: 2 runs; auto ≤ uniform in 2 of 2" in table
 
 
 @pytest.mark.parametrize("model", ["stories260k", "smollm2"])

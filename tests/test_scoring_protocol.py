@@ -269,7 +269,15 @@ def test_predicted_reproducibility_matches_independent_runs_in_simulation():
 def test_validation_parts_equal_runs_on_each_part(estimator):
     """The influence against each interleaved validation part (sample k in part k mod P) equals a run whose
     validation set is that part, the weighted parts recombine to the full influence, and each half of a balanced
-    split scores as a run on its samples (float64; 7 samples in batches of 2, so parts cross batches)."""
+    split scores as a run on its samples (float64 model; 7 samples in batches of 2, so parts cross batches). The exact
+    solve of several right-hand sides at once rounds differently from one solve per part (the BLAS path depends on
+    the CPU) and influence is kept in float32, so a small element can differ by more than 1e-5 of itself: elements
+    are compared to 1e-5 of the tensor's largest value (differences seen: up to 3e-7 of it)."""
+
+    def assert_close(actual, expected):
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+
     model = with_lora(tiny_llama(torch.float64), randomize_b=True)
     train, val = random_samples(9, seed=11), random_samples(7, seed=12)
     options = dict(FAST, estimator=estimator, batch_size=2)
@@ -280,15 +288,15 @@ def test_validation_parts_equal_runs_on_each_part(estimator):
     for p in range(4):
         alone = compute_layer_influence(model, train, val[p::4], validation_split_half=False, **options)
         assert alone.validation_part_influence is None
-        torch.testing.assert_close(parts[p], alone.influence.double(), rtol=1e-5, atol=1e-9)
+        assert_close(parts[p], alone.influence.double())
     recombined = torch.einsum("p,pln->ln", torch.tensor(full.validation_part_weights, dtype=torch.float64), parts)
-    torch.testing.assert_close(recombined, full.influence.double(), rtol=1e-5, atol=1e-9)
+    assert_close(recombined, full.influence.double())
     splits = full.validation_split_scores()
     assert splits.shape == (3, 2, full.num_blocks)  # (0, 1), (0, 2), (0, 3)
     half = compute_layer_influence(model, train, [val[k] for k in (0, 1, 4, 5)], validation_split_half=False, **options)
     other = compute_layer_influence(model, train, [val[k] for k in (2, 3, 6)], validation_split_half=False, **options)
-    torch.testing.assert_close(splits[0, 0], half.block_scores(), rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(splits[0, 1], other.block_scores(), rtol=1e-5, atol=1e-9)
+    assert_close(splits[0, 0], half.block_scores())
+    assert_close(splits[0, 1], other.block_scores())
 
 
 def test_validation_part_count_and_splits():
