@@ -47,7 +47,8 @@ class PruningConfig(JsonPretrainedMixin):
         finalists: non-uniform candidates that go from screening to the final evaluation.
         min_margin_se: ``"auto"`` chooses a candidate other than uniform only when it beats uniform's objective by at
             least this many paired standard errors over the selection sequences (the per-sequence loss differences);
-            otherwise uniform is kept. 0 chooses the lowest objective outright.
+            otherwise uniform is kept. 0 chooses the lowest objective outright. The default, 1, was chosen among
+            0, 1 and 2 on SmolLM2-135M runs (benchmarks/RESULTS.md, "The margin rule").
         epsilon: ratio band half-width for score-based allocations (LayerIF, AlphaPruning).
         reverse: the opposite direction for score-based allocations (a larger score gets less sparsity).
         structure: ``"unstructured"``, ``"2:4"`` or ``"4:8"``. N:M fixes every layer's sparsity at n/m, so it
@@ -81,7 +82,7 @@ class PruningConfig(JsonPretrainedMixin):
         "help": "allocation=auto: fraction of calibration sequences used to screen every candidate (1: no screening)."})
     finalists: int = field(default=1, metadata={
         "help": "allocation=auto: candidates besides uniform evaluated with all calibration sequences."})
-    min_margin_se: float = field(default=2.0, metadata={
+    min_margin_se: float = field(default=1.0, metadata={
         "help": "allocation=auto: a candidate other than uniform must beat uniform by this many paired standard errors "
                 "of the selection objective (0: the lowest objective wins)."})
     epsilon: float = field(default=0.3, metadata={"help": "Ratio band half-width for score-based allocations."})
