@@ -347,8 +347,9 @@ def test_margin_rule_keeps_uniform_on_a_close_call_and_reuses_the_saved_stages(t
     clear keeps uniform without pruning anything but uniform again, says why, and the model is uniform's."""
     from hf_layerif.utils.logging import get_logger
 
-    calibration, selection = _ids(8), _ids(6, seed=1)
-    options = {"screen_fraction": 1.0, "candidates": "uniform,layerif:epsilon=0.1:reverse=true,owl"}
+    calibration, selection = _ids(8), _ids(6, seed=0)
+    # on this draw LayerIF ε 0.2 beats uniform by 0.9e-3 nats/token at 0.9 SE, OWL by 0.65e-3: a clear order, a close call
+    options = {"screen_fraction": 1.0, "candidates": "uniform,layerif:epsilon=0.2,owl"}
     first = LayerIFPruner(tiny_llama(layers=4)).prune(_auto(min_margin_se=0.0, **options), calibration, progress=False,
                                                       selection_dataset=selection, selection_dir=tmp_path)
     record = first.extra["selection"]
