@@ -343,6 +343,9 @@ def main() -> None:
                                              "margins": {r["name"]: [r["delta_to_uniform"], r["delta_se"]]
                                                          for r in record["candidates"]
                                                          if r["finalist"] and r["name"] != "uniform"},
+                                             "held_out_margins": {r["name"]: [r["held_out_delta"], r["held_out_se"]]
+                                                                  for r in record["candidates"]
+                                                                  if r["finalist"] and r["name"] != "uniform"},
                                              "seconds": time.time() - started})
     print(summarize(results.rows(), tasks))
     write_blocks(args)

@@ -284,15 +284,26 @@ def test_record_gives_each_finalist_its_paired_margin_to_uniform(screen_fraction
                                                      allocation=allocation, batch_size=3), calibration, progress=False)
         return [model_loss(reference, selection[i:i + 1]) for i in range(selection.shape[0])]
 
+    def mean_and_se(diffs):
+        mean = sum(diffs) / len(diffs)
+        return mean, math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+
     rows = {r["name"]: r for r in record["candidates"]}
     uniform = windows(rows["uniform"]["ratios"])
+    seen = record["screen_selection_nsamples"]  # screening scored the first `seen` windows, the rest are held out
+    assert record["held_out_selection_nsamples"] == (0 if screen_fraction == 1 else selection.shape[0] - seen)
     checked = 0
     for name in record["finalists"]:
         diffs = [a - b for a, b in zip(windows(rows[name]["ratios"]), uniform)]
-        mean = sum(diffs) / len(diffs)
-        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        mean, se = mean_and_se(diffs)
         assert rows[name]["delta_to_uniform"] == pytest.approx(mean, abs=1e-6)
         assert rows[name]["delta_se"] == pytest.approx(se, rel=1e-4, abs=1e-7)
+        if screen_fraction == 1:
+            assert rows[name]["held_out_delta"] is None and rows[name]["held_out_se"] is None
+        else:
+            held_mean, held_se = mean_and_se(diffs[seen:])
+            assert rows[name]["held_out_delta"] == pytest.approx(held_mean, abs=1e-6)
+            assert rows[name]["held_out_se"] == pytest.approx(held_se, rel=1e-4, abs=1e-7)
         checked += 1
     assert checked == len(record["finalists"]) >= 2
     assert all(rows[n]["delta_to_uniform"] is None for n in rows if n not in record["finalists"])

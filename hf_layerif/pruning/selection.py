@@ -253,6 +253,10 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
     if exhaustive and "final_sequences" not in state and "screen_sequences" in state:
         state["final_sequences"] = state["screen_sequences"]
     margins = paired_margins(state.get("final_sequences") or {}, finalists)
+    # the same margins on the selection sequences screening did not score (none when screening was the final stage)
+    n_seen = int(screen_selection.shape[0])
+    held_out = {} if exhaustive else paired_margins(
+        {n: s[n_seen:] for n, s in (state.get("final_sequences") or {}).items()}, finalists)
     lowest = _choose({n: final_losses[n] for n in finalists})
     chosen = _choose({n: final_losses[n] for n in finalists}, margins, config.min_margin_se)
     if chosen not in kept:  # exhaustive, or resumed after the final stage: prune the chosen one again (deterministic)
@@ -273,6 +277,8 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
                      "screen_loss": screen_losses[name], "loss": final,
                      "ppl": None if final is None else math.exp(final), "finalist": name in finalists,
                      "delta_to_uniform": margin[0], "delta_se": margin[1],
+                     "held_out_delta": held_out.get(name, (None, None))[0],
+                     "held_out_se": held_out.get(name, (None, None))[1],
                      "ratios": ratio_sets[name]})
     record = {
         "objective": OBJECTIVE,
@@ -289,7 +295,8 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
         "min_margin_se": config.min_margin_se,
         "lowest_objective": lowest,
         "screen_nsamples": nsamples if exhaustive else n_screen,
-        "screen_selection_nsamples": int(screen_selection.shape[0]),
+        "screen_selection_nsamples": n_seen,
+        "held_out_selection_nsamples": 0 if exhaustive else int(selection_ids.shape[0]) - n_seen,
         "finalists": finalists,
         "candidates": rows,
         "chosen": chosen,
