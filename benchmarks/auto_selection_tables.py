@@ -13,18 +13,23 @@ FIDELITY_BLOCK = "auto-selection-objective"
 GRID_SELECTION_NSAMPLES = 8  # the grid's selection split: 8 windows × 128 tokens
 MARGIN_BLOCK = "auto-selection-margin"
 MARGIN_RULES = (0.0, 1.0, 2.0)  # min_margin_se values the margin table applies to the grid's choices
+HELD_OUT_RULES = (0.0, 1.0)  # the same rule on the selection windows screening did not score
 
 
-def margin_rule_runs(rows: list[dict], tasks: list[str], min_margin_se: float) -> list[dict]:
+def margin_rule_runs(rows: list[dict], tasks: list[str], min_margin_se: float, held_out: bool = False
+                     ) -> list[dict]:
     """:func:`paired_auto_runs` of the auto rows that recorded their finalist's margin over uniform (``margins``:
     Δ and its paired SE in nats/token) under the lowest-objective rule (``min_margin_se`` 0), each re-chosen as
     ``min_margin_se`` would have chosen: the finalist when Δ < 0 and −Δ ≥ min_margin_se · SE, uniform otherwise
     (then its WikiText-2 perplexity is uniform's on the same calibration draw). Exact with one finalist, the grid's
-    setting: the final stage compared uniform with that finalist alone. Each run gains ``finalist`` and ``z``
-    (−Δ / SE)."""
-    recorded = [r for r in rows if r.get("margins") is not None and not r.get("min_margin_se")
+    setting: the final stage compared uniform with that finalist alone. With ``held_out``, the margin is the one on
+    the selection windows screening did not score (``held_out_margins``; rows without it are left out), and the
+    finalist must also have the lower objective on all windows (the lowest-objective choice). Each run gains
+    ``finalist``, ``delta``, ``se`` and ``z`` (−Δ / SE) of the margin the rule read."""
+    field = "held_out_margins" if held_out else "margins"
+    recorded = [r for r in rows if r.get(field) is not None and not r.get("min_margin_se")
                 and "min_margin_se" not in r["key"]]
-    margins = {json.dumps(r["key"], sort_keys=True): r["margins"] for r in recorded}
+    margins = {json.dumps(r["key"], sort_keys=True): r[field] for r in recorded}
     runs = []
     fixed = [r for r in rows if not r["key"]["allocation"].startswith("auto_")]
     for run in paired_auto_runs(fixed + recorded, tasks):
@@ -41,35 +46,55 @@ def margin_rule_runs(rows: list[dict], tasks: list[str], min_margin_se: float) -
     return runs
 
 
+def _rule_line(group: list[dict], label: str) -> str:
+    return (f"- {label}: {len(group)} runs; auto ≤ uniform in {sum(r['vs_uniform'] <= 0 for r in group)} of "
+            f"{len(group)} (worst {max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
+            f"{sum(r['vs_owl'] <= 0 for r in group)}; mean vs uniform "
+            f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
+            f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose other than uniform in "
+            f"{sum(r['chosen'] != 'uniform' for r in group)}.")
+
+
 def margin_table(rows: list[dict], tasks: list[str]) -> str:
     """Markdown: every auto run that recorded its finalist's margin, with that margin over uniform on the selection
-    split (millinats/token ± SE, and in standard errors), the lowest-objective choice and its WikiText-2 perplexity
-    against uniform's on the same calibration draw; then, per method and ``min_margin_se`` of :data:`MARGIN_RULES`,
-    the totals had auto chosen by that rule (:func:`margin_rule_runs`)."""
+    split (millinats/token ± SE, and in standard errors) and, where recorded, on the windows screening did not score,
+    the lowest-objective choice and its WikiText-2 perplexity against uniform's on the same calibration draw; then,
+    per method and ``min_margin_se`` of :data:`MARGIN_RULES`, the totals had auto chosen by that rule
+    (:func:`margin_rule_runs`), and on the runs with held-out margins, the rules of :data:`HELD_OUT_RULES` on them
+    beside the all-window rule on the same runs."""
     runs = margin_rule_runs(rows, tasks, 0.0)
     if not runs:
         return ""
+    held = {json.dumps(r["key"], sort_keys=True): r for r in margin_rule_runs(rows, tasks, 0.0, held_out=True)}
     lines = ["| method | sparsity | selection windows | scores from | scoring × calibration seed | finalist | margin "
-             "over uniform (millinats/token ± SE) | standard errors | lowest objective | its WikiText-2 vs uniform (%) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "over uniform (millinats/token ± SE) | standard errors | held-out windows: margin (± SE), standard "
+             "errors | lowest objective | its WikiText-2 vs uniform (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["method"], r["sparsity"], r["split"], r["task"], r["calibration_seed"],
                                          r["scoring_seed"])):
+        h = held.get(json.dumps(r["key"], sort_keys=True))
+        held_text = "—" if h is None or h["se"] is None else (
+            f"{1000 * h['delta']:+.1f} ± {1000 * h['se']:.1f}, {h['z']:+.2f}")
         lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['split']} | {r['task']} | "
                      f"{r['scoring_seed']}×{r['calibration_seed']} "
                      f"| {r['finalist']} | {1000 * r['delta']:+.1f} ± {1000 * r['se']:.1f} | {r['z']:+.2f} | "
-                     f"{r['chosen']} | {r['vs_uniform']:+.1f} |")
+                     f"{held_text} | {r['chosen']} | {r['vs_uniform']:+.1f} |")
     lines.append("")
     for method, split in sorted({(r["method"], r["split"]) for r in runs}):
         for rule in MARGIN_RULES:
             group = [r for r in margin_rule_runs(rows, tasks, rule) if (r["method"], r["split"]) == (method, split)]
-            lines.append(f"- {method}, {split} selection windows, min_margin_se {rule:g}: {len(group)} runs; auto ≤ "
-                         f"uniform in "
-                         f"{sum(r['vs_uniform'] <= 0 for r in group)} of {len(group)} (worst "
-                         f"{max(r['vs_uniform'] for r in group):+.1f}%), ≤ OWL in "
-                         f"{sum(r['vs_owl'] <= 0 for r in group)}; mean vs uniform "
-                         f"{statistics.mean(r['vs_uniform'] for r in group):+.1f}%, vs OWL "
-                         f"{statistics.mean(r['vs_owl'] for r in group):+.1f}%; chose other than uniform in "
-                         f"{sum(r['chosen'] != 'uniform' for r in group)}.")
+            lines.append(_rule_line(group, f"{method}, {split} selection windows, min_margin_se {rule:g}"))
+    for method, split in sorted({(r["method"], r["split"]) for r in held.values()}):
+        keys = {k for k, r in held.items() if (r["method"], r["split"]) == (method, split)}
+        for rule in MARGIN_RULES:
+            group = [r for r in margin_rule_runs(rows, tasks, rule) if json.dumps(r["key"], sort_keys=True) in keys]
+            lines.append(_rule_line(group, f"{method}, {split} selection windows, runs with held-out margins, "
+                                           f"min_margin_se {rule:g} on all windows"))
+        for rule in HELD_OUT_RULES:
+            group = [r for r in margin_rule_runs(rows, tasks, rule, held_out=True)
+                     if json.dumps(r["key"], sort_keys=True) in keys]
+            lines.append(_rule_line(group, f"{method}, {split} selection windows, runs with held-out margins, "
+                                           f"min_margin_se {rule:g} on the held-out windows"))
     return "\n".join(lines)
 
 

@@ -93,6 +93,37 @@ def test_margin_rule_re_chooses_a_recorded_run_by_hand(monkeypatch):
     assert "| +1.25 |" in table and "8 selection windows, min_margin_se 2: 2 runs; auto ≤ uniform in 2 of 2" in table
 
 
+def test_held_out_margin_rule_re_chooses_by_hand(monkeypatch):
+    """The held-out rule reads the margin on the windows screening did not score: a finalist that won overall but by
+    0.5 held-out standard errors is kept under min_margin_se 0 and dropped under 1; one that lost on the held-out
+    windows is dropped under 0 too; runs without held-out margins are left out of the held-out totals."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import auto_selection_tables as selection
+
+    cell = {"method": "sparsegpt", "sparsity": 0.6, "calibration_seed": 5}
+    rows = [{"key": {**cell, "allocation": "uniform"}, "wikitext2_ppl": 200.0},
+            {"key": {**cell, "allocation": "owl"}, "wikitext2_ppl": 210.0},
+            {"key": {**cell, "allocation": "auto_a", "scoring_seed": 0}, "wikitext2_ppl": 190.0,
+             "chosen": "alphapruning", "margins": {"alphapruning": [-0.03, 0.01]},
+             "held_out_margins": {"alphapruning": [-0.002, 0.004]}},
+            {"key": {**cell, "allocation": "auto_b", "scoring_seed": 0}, "wikitext2_ppl": 205.0, "chosen": "owl",
+             "margins": {"owl": [-0.02, 0.01]}, "held_out_margins": {"owl": [0.001, 0.002]}},
+            {"key": {**cell, "allocation": "auto_c", "scoring_seed": 0}, "wikitext2_ppl": 195.0, "chosen": "owl",
+             "margins": {"owl": [-0.02, 0.01]}}]
+    for rule, chosen_a in ((0.0, "alphapruning"), (1.0, "uniform")):
+        runs = {r["task"]: r for r in selection.margin_rule_runs(rows, ["a", "b", "c"], rule, held_out=True)}
+        assert set(runs) == {"a", "b"}
+        assert runs["a"]["z"] == pytest.approx(0.5) and runs["a"]["chosen"] == chosen_a
+        assert runs["a"]["ppl"] == pytest.approx(190.0 if chosen_a != "uniform" else 200.0)
+        assert runs["b"]["chosen"] == "uniform" and runs["b"]["ppl"] == pytest.approx(200.0)
+    all_windows = {r["task"]: r["chosen"] for r in selection.margin_rule_runs(rows, ["a", "b", "c"], 2.0)}
+    assert all_windows == {"a": "alphapruning", "b": "owl", "c": "owl"}  # 3 and 2 SE on all windows
+    table = selection.margin_table(rows, ["a", "b", "c"])
+    assert "| -2.0 ± 4.0, +0.50 |" in table and "| — |" in table
+    assert ("sparsegpt, 8 selection windows, runs with held-out margins, min_margin_se 1 on the held-out windows: "
+            "2 runs; auto ≤ uniform in 2 of 2") in table
+
+
 @pytest.mark.parametrize("model", ["stories260k", "smollm2"])
 def test_fidelity_tables_match_the_scores_study_outputs(model, monkeypatch):
     """docs/FIDELITY.md's scoring-study and stability tables are what ``scores_study.py`` makes of its rows."""
