@@ -308,6 +308,7 @@ def test_record_gives_each_finalist_its_paired_margin_to_uniform(screen_fraction
     assert checked == len(record["finalists"]) >= 2
     assert all(rows[n]["delta_to_uniform"] is None for n in rows if n not in record["finalists"])
     assert "± " in selection_table(record)
+    assert ("held-out vs uniform" in selection_table(record)) == (screen_fraction != 1)
 
 
 def test_paired_margins_by_hand():

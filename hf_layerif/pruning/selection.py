@@ -312,19 +312,27 @@ def select_and_prune(pruner, config: PruningConfig, calibration_ids: torch.Tenso
 
 
 def selection_table(record: dict[str, Any]) -> str:
-    """The candidates of a selection record as a text table (objective in nats/token; ``*`` marks the chosen one)."""
+    """The candidates of a selection record as a text table (objective in nats/token; ``*`` marks the chosen one;
+    each finalist's difference to uniform ± its paired SE on all selection sequences and, when screening was not
+    exhaustive, on the sequences screening did not score)."""
     rows = record["candidates"]
     width = max(len("candidate"), *(len(r["name"]) for r in rows))
+    held_out = any(r.get("held_out_delta") is not None for r in rows)  # absent when screening was exhaustive
+
+    def margin(delta, se, name) -> str:
+        return "-" if delta is None or name == UNIFORM else f"{delta:+.5f}" + ("" if se is None else f" ± {se:.5f}")
+
     lines = [f"  {'candidate':<{width}}  {'screen loss':>11}  {'final loss':>10}  {'final ppl':>9}  "
-             f"{'vs uniform ± SE':>19}"]
+             f"{'vs uniform ± SE':>19}" + (f"  {'held-out vs uniform':>19}" if held_out else "")]
     for r in rows:
         final = "-" if r["loss"] is None else f"{r['loss']:.5f}"
         ppl = "-" if r["ppl"] is None else f"{r['ppl']:.3f}"
-        delta, se = r.get("delta_to_uniform"), r.get("delta_se")
-        margin = "-" if delta is None or r["name"] == UNIFORM else (
-            f"{delta:+.5f}" + ("" if se is None else f" ± {se:.5f}"))
         mark = "*" if r["name"] == record["chosen"] else " "
-        lines.append(f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}  {margin:>19}")
+        line = (f"{mark} {r['name']:<{width}}  {r['screen_loss']:>11.5f}  {final:>10}  {ppl:>9}  "
+                f"{margin(r.get('delta_to_uniform'), r.get('delta_se'), r['name']):>19}")
+        if held_out:
+            line += f"  {margin(r.get('held_out_delta'), r.get('held_out_se'), r['name']):>19}"
+        lines.append(line)
     lines.append(f"chosen: {record['chosen']} ({record['rule']})")
     lowest = record.get("lowest_objective")
     if lowest and lowest != record["chosen"]:
