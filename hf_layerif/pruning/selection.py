@@ -14,7 +14,8 @@ Two stages, all candidates of a stage pruned in one pass (:func:`~hf_layerif.pru
 2. **Final**: uniform and the finalists are pruned with all calibration sequences (their outlier ratios too) and
    scored. Rule for choosing: a finalist other than uniform is eligible only when it beats uniform by at least
    ``min_margin_se`` paired standard errors (mean and standard error of its per-sequence loss differences to
-   uniform on the selection split); the chosen allocation is the eligible one with the lowest final objective,
+   uniform on the selection split; the same statistics on the sequences screening did not score are recorded
+   beside them, free of screening's pick); the chosen allocation is the eligible one with the lowest final objective,
    uniform when none is (ties to uniform too), so J(chosen) ≤ J(uniform) holds always. The model keeps the chosen
    candidate's pruned weights (the same weights a plain prune with that allocation gives).
 
